@@ -1,0 +1,324 @@
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::ApiError;
+
+/// Lifecycle states a VM row can be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// Being created: disks, network and VMM are being set up.
+    Creating,
+    /// The VMM runs and the agent answers.
+    Running,
+    /// Disks kept, no VMM.
+    Stopped,
+    /// A step failed; `error` says which.
+    Error,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Creating => "creating",
+            VmState::Running => "running",
+            VmState::Stopped => "stopped",
+            VmState::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<VmState> {
+        Some(match s {
+            "creating" => VmState::Creating,
+            "running" => VmState::Running,
+            "stopped" => VmState::Stopped,
+            "error" => VmState::Error,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The shape of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Size of the work disk mounted at /root.
+    pub work_disk_mib: u64,
+}
+
+impl VmSpec {
+    pub const DEFAULT: VmSpec = VmSpec {
+        vcpus: 2,
+        memory_mib: 1024,
+        work_disk_mib: 8192,
+    };
+    pub const MAX_VCPUS: u32 = 64;
+    pub const MIN_MEMORY_MIB: u32 = 128;
+
+    /// Checks the shape's bounds; the message names the flag to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.vcpus == 0 || self.vcpus > Self::MAX_VCPUS {
+            return Err(format!(
+                "--vcpu must be between 1 and {}, got {}",
+                Self::MAX_VCPUS,
+                self.vcpus
+            ));
+        }
+        if self.memory_mib < Self::MIN_MEMORY_MIB {
+            return Err(format!(
+                "--memory must be at least {} MiB, got {} MiB",
+                Self::MIN_MEMORY_MIB,
+                self.memory_mib
+            ));
+        }
+        if self.work_disk_mib < 64 {
+            return Err(format!(
+                "--disk must be at least 64 MiB, got {} MiB",
+                self.work_disk_mib
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Everything `vm show` and `vm list` print.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub id: String,
+    pub name: String,
+    pub state: VmState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub image: String,
+    pub spec: VmSpec,
+    pub ip: String,
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// "qemu" or "firecracker".
+    pub vmm: String,
+    /// "kvm" or "tcg" while running (what the VMM actually uses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
+    /// Why this accelerator was picked, e.g. "/dev/kvm refuses standard guests".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel_reason: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+}
+
+/// `POST /v1/vms`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CreateVmRequest {
+    /// Empty or absent: the daemon generates a name.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+    #[serde(default)]
+    pub work_disk_mib: Option<u64>,
+}
+
+/// One finished stage of an operation, with how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageInfo {
+    pub name: String,
+    pub elapsed_ms: u64,
+}
+
+/// An asynchronous operation (vm create, image build) as the daemon tracks it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperationInfo {
+    pub id: String,
+    /// "vm.create", "image.build".
+    pub kind: String,
+    /// What it acts on: a VM or image name.
+    pub target: String,
+    /// The stage now running (or the last one, once done).
+    pub stage: String,
+    /// Stages already finished, in order.
+    pub stages: Vec<StageInfo>,
+    /// Last progress line of the running stage (e.g. an image build step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    pub done: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmInfo>,
+    pub started_at: i64,
+    pub elapsed_ms: u64,
+}
+
+/// `POST /v1/vms/{name}/exec`. The answer is a stream of [`ExecEvent`] lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+/// One line of an exec stream (newline-delimited JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecEvent {
+    /// Base64 of bytes the command wrote to stdout.
+    Stdout { data: String },
+    /// Base64 of bytes the command wrote to stderr.
+    Stderr { data: String },
+    /// The command ended; `code` is its exit status (128+N for signal N).
+    Exit { code: i32 },
+    /// The exec could not run or the channel broke.
+    Error { error: ApiError },
+}
+
+impl ExecEvent {
+    pub fn stdout(bytes: &[u8]) -> Self {
+        ExecEvent::Stdout {
+            data: base64::engine::general_purpose::STANDARD.encode(bytes),
+        }
+    }
+
+    pub fn stderr(bytes: &[u8]) -> Self {
+        ExecEvent::Stderr {
+            data: base64::engine::general_purpose::STANDARD.encode(bytes),
+        }
+    }
+
+    /// Decodes the payload of a stdout/stderr event.
+    pub fn decode(data: &str) -> Result<Vec<u8>, String> {
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .map_err(|e| format!("bad base64 in exec stream: {e}"))
+    }
+}
+
+/// `POST /v1/vms/{name}/kill`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillRequest {
+    /// Signal name, e.g. "KILL" or "TERM".
+    pub signal: String,
+}
+
+/// `POST /v1/vms/prune`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneResult {
+    pub deleted: Vec<String>,
+}
+
+/// A golden image in the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub name: String,
+    /// Directory holding rootfs.ext4, the kernel, initrd and manifest.
+    pub dir: String,
+    pub kernel: String,
+    pub initrd: Option<String>,
+    pub rootfs_bytes: u64,
+    /// e.g. "debian:bookworm".
+    pub source: String,
+    /// Hash of the build inputs (package list, agent); a change rebuilds.
+    pub build_hash: String,
+    pub created_at: i64,
+}
+
+/// `POST /v1/images/build`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildImageRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Rebuild even when an image of that name exists.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Result of one doctor check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorCheck {
+    pub name: String,
+    pub status: CheckStatus,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorReport {
+    pub checks: Vec<DoctorCheck>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub version: String,
+    pub pid: u32,
+    pub state_dir: String,
+    pub socket: String,
+    pub helper_socket: String,
+    pub vms_running: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_validation_names_the_flag() {
+        let mut s = VmSpec::DEFAULT;
+        assert!(s.validate().is_ok());
+        s.vcpus = 0;
+        assert!(s.validate().unwrap_err().contains("--vcpu"));
+        s.vcpus = 2;
+        s.memory_mib = 64;
+        assert!(s.validate().unwrap_err().contains("--memory"));
+    }
+
+    #[test]
+    fn exec_events_are_tagged_lines() {
+        let ev = ExecEvent::stdout(b"hi\n");
+        let line = serde_json::to_string(&ev).unwrap();
+        assert_eq!(line, r#"{"type":"stdout","data":"aGkK"}"#);
+        match serde_json::from_str::<ExecEvent>(&line).unwrap() {
+            ExecEvent::Stdout { data } => assert_eq!(ExecEvent::decode(&data).unwrap(), b"hi\n"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let exit: ExecEvent = serde_json::from_str(r#"{"type":"exit","code":42}"#).unwrap();
+        assert_eq!(exit, ExecEvent::Exit { code: 42 });
+    }
+
+    #[test]
+    fn state_strings_round_trip() {
+        for s in [
+            VmState::Creating,
+            VmState::Running,
+            VmState::Stopped,
+            VmState::Error,
+        ] {
+            assert_eq!(VmState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(VmState::parse("bogus"), None);
+    }
+}

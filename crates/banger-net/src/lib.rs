@@ -1,0 +1,1 @@
+//! banger-net

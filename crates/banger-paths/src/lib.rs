@@ -1,0 +1,155 @@
+//! The on-disk layout shared by the CLI, the daemon and the root helper.
+//!
+//! Three roots, each overridable for tests and system installs:
+//!
+//! | root    | env override         | default                                   |
+//! |---------|----------------------|-------------------------------------------|
+//! | state   | `BANGER_STATE_DIR`   | `$XDG_STATE_HOME/banger`, `~/.local/state/banger` |
+//! | runtime | `BANGER_RUNTIME_DIR` | `$XDG_RUNTIME_DIR/banger`, `/tmp/banger-<uid>` |
+//! | cache   | `BANGER_CACHE_DIR`   | `$XDG_CACHE_HOME/banger`, `~/.cache/banger` |
+//!
+//! Runtime paths hold Unix sockets, so they must stay short: `sun_path` is
+//! 108 bytes. [`Layout::check_socket_path`] says so before a bind fails.
+
+use std::path::{Path, PathBuf};
+
+/// Longest path a Unix socket can be bound at (sun_path minus the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub cache_dir: PathBuf,
+}
+
+impl Layout {
+    /// Resolves the three roots from the environment of this process.
+    pub fn from_env() -> Layout {
+        Self::from_lookup(|k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from))
+    }
+
+    /// Resolves the roots with an injected environment (for tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<PathBuf>) -> Layout {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        let home = get("HOME").unwrap_or_else(|| PathBuf::from("/root"));
+        let state_dir = get("BANGER_STATE_DIR")
+            .or_else(|| get("XDG_STATE_HOME").map(|p| p.join("banger")))
+            .unwrap_or_else(|| home.join(".local/state/banger"));
+        let runtime_dir = get("BANGER_RUNTIME_DIR")
+            .or_else(|| get("XDG_RUNTIME_DIR").map(|p| p.join("banger")))
+            .unwrap_or_else(|| PathBuf::from(format!("/tmp/banger-{uid}")));
+        let cache_dir = get("BANGER_CACHE_DIR")
+            .or_else(|| get("XDG_CACHE_HOME").map(|p| p.join("banger")))
+            .unwrap_or_else(|| home.join(".cache/banger"));
+        Layout {
+            state_dir,
+            runtime_dir,
+            cache_dir,
+        }
+    }
+
+    pub fn daemon_socket(&self) -> PathBuf {
+        self.runtime_dir.join("bangerd.sock")
+    }
+
+    pub fn helper_socket(&self) -> PathBuf {
+        self.runtime_dir.join("helper.sock")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("state.db")
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+
+    pub fn image_dir(&self, name: &str) -> PathBuf {
+        self.images_dir().join(name)
+    }
+
+    pub fn vms_dir(&self) -> PathBuf {
+        self.state_dir.join("vms")
+    }
+
+    /// Disks, console log and handles of one VM.
+    pub fn vm_dir(&self, id: &str) -> PathBuf {
+        self.vms_dir().join(id)
+    }
+
+    /// Sockets and pidfile of one VM's running VMM.
+    pub fn vm_runtime_dir(&self, id: &str) -> PathBuf {
+        self.runtime_dir.join("vms").join(id)
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+
+    pub fn daemon_log(&self) -> PathBuf {
+        self.logs_dir().join("bangerd.log")
+    }
+
+    pub fn helper_log(&self) -> PathBuf {
+        self.logs_dir().join("helper.log")
+    }
+
+    /// Fails with a message naming the path when it is too long to bind.
+    pub fn check_socket_path(path: &Path) -> Result<(), String> {
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(format!(
+                "socket path {} is {len} bytes, over the {MAX_SOCKET_PATH}-byte Unix socket limit; \
+                 set BANGER_RUNTIME_DIR to a shorter directory",
+                path.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn layout(vars: &[(&str, &str)]) -> Layout {
+        let m: HashMap<String, PathBuf> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+            .collect();
+        Layout::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn explicit_overrides_win_over_xdg() {
+        let l = layout(&[
+            ("HOME", "/home/u"),
+            ("XDG_STATE_HOME", "/x/state"),
+            ("BANGER_STATE_DIR", "/b/state"),
+            ("XDG_RUNTIME_DIR", "/run/user/1000"),
+        ]);
+        assert_eq!(l.state_dir, PathBuf::from("/b/state"));
+        assert_eq!(l.runtime_dir, PathBuf::from("/run/user/1000/banger"));
+        assert_eq!(l.cache_dir, PathBuf::from("/home/u/.cache/banger"));
+        assert_eq!(l.daemon_socket(), PathBuf::from("/run/user/1000/banger/bangerd.sock"));
+    }
+
+    #[test]
+    fn home_defaults() {
+        let l = layout(&[("HOME", "/home/u")]);
+        assert_eq!(l.state_dir, PathBuf::from("/home/u/.local/state/banger"));
+        assert!(l.runtime_dir.starts_with("/tmp"));
+        assert_eq!(l.vm_dir("abc"), PathBuf::from("/home/u/.local/state/banger/vms/abc"));
+    }
+
+    #[test]
+    fn long_socket_paths_are_refused_with_a_hint() {
+        let long = PathBuf::from(format!("/{}", "x".repeat(120)));
+        let e = Layout::check_socket_path(&long).unwrap_err();
+        assert!(e.contains("BANGER_RUNTIME_DIR"), "{e}");
+        assert!(Layout::check_socket_path(Path::new("/tmp/b/bangerd.sock")).is_ok());
+    }
+}

@@ -1,0 +1,16 @@
+//! VMM backends.
+//!
+//! A backend turns a typed launch description into a running VMM process
+//! whose lifetime is independent of whoever launched it: QEMU is started
+//! with `-daemonize`, so it is reparented away from the root helper and a
+//! helper or daemon restart never takes a guest down with it.
+//!
+//! - [`qemu`]: the QEMU backend (KVM when it really works, TCG otherwise).
+//! - [`accel`]: the KVM probe that decides between the two.
+//! - [`proc`]: reading `/proc` to tell whether a pid is still our VMM.
+
+pub mod accel;
+pub mod proc;
+pub mod qemu;
+
+pub use accel::{Accel, AccelProbe};

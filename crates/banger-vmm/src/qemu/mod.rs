@@ -1,0 +1,283 @@
+//! The QEMU backend: a typed launch description, the argv it becomes, and a
+//! detached launch.
+//!
+//! Devices: virtio-blk root (a qcow2 overlay over the golden image) as
+//! `/dev/vda`, virtio-blk work disk as `/dev/vdb`, virtio-net on a tap,
+//! virtio-rng, and a virtio-serial port named `banger.agent` whose host end
+//! is a Unix socket the daemon connects to. The serial console goes to a
+//! file. No vhost (not every host has it).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::accel::Accel;
+
+/// Default QEMU binary.
+pub const DEFAULT_QEMU_BIN: &str = "qemu-system-x86_64";
+
+/// Everything needed to start one VM's QEMU. Sent by the daemon to the root
+/// helper, which validates every field before building the argv.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QemuConfig {
+    pub vm_id: String,
+    pub accel: Accel,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// The guest kernel command line (see [`crate::qemu::kernel_cmdline`]).
+    pub cmdline: String,
+    /// qcow2 overlay whose backing file is the golden image.
+    pub root_disk: PathBuf,
+    /// Raw ext4 image mounted at /root in the guest.
+    pub work_disk: PathBuf,
+    pub tap: String,
+    pub mac: String,
+    /// Host end of the agent's virtio-serial port (QEMU listens here).
+    pub agent_socket: PathBuf,
+    /// QMP control socket (QEMU listens here).
+    pub qmp_socket: PathBuf,
+    pub pidfile: PathBuf,
+    /// The guest's serial console is appended here.
+    pub console_log: PathBuf,
+}
+
+impl QemuConfig {
+    /// The argv after the binary name. `-daemonize` makes QEMU fork once it
+    /// has opened every device, so startup errors reach the launcher's
+    /// stderr and the running VMM is owned by nobody's request.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |s: &str| a.push(OsString::from(s));
+        push("-name");
+        push(&format!("banger-{}", self.vm_id));
+        push("-machine");
+        push(match self.accel {
+            Accel::Kvm => "q35,accel=kvm",
+            Accel::Tcg => "q35,accel=tcg",
+        });
+        push("-cpu");
+        push(match self.accel {
+            Accel::Kvm => "host",
+            Accel::Tcg => "max",
+        });
+        push("-smp");
+        push(&self.vcpus.to_string());
+        push("-m");
+        push(&format!("{}M", self.memory_mib));
+        for s in ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"] {
+            push(s);
+        }
+        push("-kernel");
+        push(&self.kernel.to_string_lossy());
+        if let Some(initrd) = &self.initrd {
+            push("-initrd");
+            push(&initrd.to_string_lossy());
+        }
+        push("-append");
+        push(&self.cmdline);
+        push("-drive");
+        push(&format!(
+            "file={},format=qcow2,if=none,id=root,cache=writeback,discard=unmap",
+            escape_opt(&self.root_disk)
+        ));
+        push("-device");
+        push("virtio-blk-pci,drive=root");
+        push("-drive");
+        push(&format!(
+            "file={},format=raw,if=none,id=work,cache=writeback,discard=unmap",
+            escape_opt(&self.work_disk)
+        ));
+        push("-device");
+        push("virtio-blk-pci,drive=work");
+        push("-netdev");
+        push(&format!(
+            "tap,id=net0,ifname={},script=no,downscript=no",
+            self.tap
+        ));
+        push("-device");
+        push(&format!("virtio-net-pci,netdev=net0,mac={}", self.mac));
+        push("-object");
+        push("rng-random,id=rng0,filename=/dev/urandom");
+        push("-device");
+        push("virtio-rng-pci,rng=rng0");
+        push("-device");
+        push("virtio-serial-pci,id=vser0");
+        push("-chardev");
+        push(&format!(
+            "socket,id=agent0,path={},server=on,wait=off",
+            escape_opt(&self.agent_socket)
+        ));
+        push("-device");
+        push(&format!(
+            "virtserialport,bus=vser0.0,chardev=agent0,name={}",
+            banger_agent_port()
+        ));
+        push("-chardev");
+        push(&format!(
+            "file,id=console0,path={},append=on",
+            escape_opt(&self.console_log)
+        ));
+        push("-serial");
+        push("chardev:console0");
+        push("-qmp");
+        push(&format!(
+            "unix:{},server=on,wait=off",
+            escape_opt(&self.qmp_socket)
+        ));
+        push("-pidfile");
+        push(&self.pidfile.to_string_lossy());
+        push("-daemonize");
+        a
+    }
+}
+
+fn banger_agent_port() -> &'static str {
+    // Kept in one place with the agent's own constant in banger-agent-proto;
+    // a test in the daemon checks the two agree.
+    "banger.agent"
+}
+
+/// QEMU option values are comma-separated; a literal comma is written twice.
+fn escape_opt(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+/// The guest's identity, passed on the kernel command line and applied by
+/// the agent at boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestIdentity {
+    pub hostname: String,
+    pub ip: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: std::net::Ipv4Addr,
+    pub dns: Option<std::net::Ipv4Addr>,
+}
+
+/// Builds the guest kernel command line for a Debian image with the distro
+/// kernel and initramfs. Every value is typed, so no token can smuggle a
+/// space or an extra `key=value`.
+pub fn kernel_cmdline(id: &GuestIdentity) -> String {
+    let mut parts = vec![
+        "console=ttyS0".to_string(),
+        "root=/dev/vda".to_string(),
+        "rw".to_string(),
+        "rootfstype=ext4".to_string(),
+        "net.ifnames=0".to_string(),
+        "biosdevname=0".to_string(),
+        "panic=-1".to_string(),
+        "quiet".to_string(),
+        "systemd.show_status=auto".to_string(),
+        format!("banger.hostname={}", id.hostname),
+        format!("banger.ip={}/{}", id.ip, id.prefix),
+        format!("banger.gw={}", id.gateway),
+    ];
+    if let Some(dns) = id.dns {
+        parts.push(format!("banger.dns={dns}"));
+    }
+    parts.join(" ")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("cannot run {bin}: {source}")]
+    Spawn {
+        bin: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("qemu exited with {status} before the VM started: {stderr}")]
+    Failed { status: String, stderr: String },
+    #[error("qemu did not write its pidfile {0}")]
+    NoPidfile(PathBuf),
+    #[error("qemu startup did not finish within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Starts QEMU detached and returns the VMM's pid.
+///
+/// The foreground QEMU exits once the daemonised child is up; its exit
+/// status and stderr are the startup verdict. `uid_gid` drops the VMM to
+/// the owner (the helper runs as root; QEMU needs no privilege once the
+/// tap is owned by that user).
+pub fn launch(
+    bin: &Path,
+    cfg: &QemuConfig,
+    uid_gid: Option<(u32, u32)>,
+    timeout: Duration,
+) -> Result<u32, LaunchError> {
+    use std::os::unix::process::CommandExt;
+    let _ = std::fs::remove_file(&cfg.pidfile);
+    let mut cmd = Command::new(bin);
+    cmd.args(cfg.args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some((uid, gid)) = uid_gid {
+        if uid != 0 {
+            cmd.gid(gid).uid(uid);
+        }
+    }
+    let child = cmd.spawn().map_err(|source| LaunchError::Spawn {
+        bin: bin.display().to_string(),
+        source,
+    })?;
+    let start = Instant::now();
+    let out = wait_with_timeout(child, timeout)?;
+    if !out.status.success() {
+        return Err(LaunchError::Failed {
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    // The pidfile is written before the parent exits; allow a moment for
+    // slow filesystems anyway.
+    while start.elapsed() < timeout {
+        if let Some(pid) = crate::proc::read_pidfile(&cfg.pidfile) {
+            return Ok(pid);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(LaunchError::NoPidfile(cfg.pidfile.clone()))
+}
+
+fn wait_with_timeout(
+    mut child: std::process::Child,
+    timeout: Duration,
+) -> Result<std::process::Output, LaunchError> {
+    use std::io::Read;
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                // The daemonised grandchild keeps stderr open only until it
+                // redirects to /dev/null, which happens before the parent exits.
+                let stderr = reader.join().unwrap_or_default();
+                return Ok(std::process::Output {
+                    status,
+                    stdout: Vec::new(),
+                    stderr,
+                });
+            }
+            Ok(None) if start.elapsed() < timeout => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LaunchError::Timeout(timeout));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

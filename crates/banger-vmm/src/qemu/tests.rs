@@ -1,0 +1,119 @@
+use super::*;
+
+fn cfg() -> QemuConfig {
+    QemuConfig {
+        vm_id: "0123456789ab".into(),
+        accel: Accel::Tcg,
+        vcpus: 2,
+        memory_mib: 1024,
+        kernel: "/s/images/default/vmlinuz".into(),
+        initrd: Some("/s/images/default/initrd.img".into()),
+        cmdline: "console=ttyS0 root=/dev/vda".into(),
+        root_disk: "/s/vms/0123456789ab/root.qcow2".into(),
+        work_disk: "/s/vms/0123456789ab/work.ext4".into(),
+        tap: "tap-bg-01234567".into(),
+        mac: "52:54:00:12:34:56".into(),
+        agent_socket: "/r/vms/0123456789ab/agent.sock".into(),
+        qmp_socket: "/r/vms/0123456789ab/qmp.sock".into(),
+        pidfile: "/r/vms/0123456789ab/qemu.pid".into(),
+        console_log: "/s/vms/0123456789ab/console.log".into(),
+    }
+}
+
+fn args(c: &QemuConfig) -> Vec<String> {
+    c.args()
+        .into_iter()
+        .map(|s| s.into_string().unwrap())
+        .collect()
+}
+
+fn value_of<'a>(a: &'a [String], flag: &str) -> Vec<&'a str> {
+    a.windows(2)
+        .filter(|w| w[0] == flag)
+        .map(|w| w[1].as_str())
+        .collect()
+}
+
+#[test]
+fn argv_wires_every_device() {
+    let a = args(&cfg());
+    assert_eq!(value_of(&a, "-machine"), ["q35,accel=tcg"]);
+    assert_eq!(value_of(&a, "-cpu"), ["max"]);
+    assert_eq!(value_of(&a, "-smp"), ["2"]);
+    assert_eq!(value_of(&a, "-m"), ["1024M"]);
+    assert_eq!(value_of(&a, "-append"), ["console=ttyS0 root=/dev/vda"]);
+    let drives = value_of(&a, "-drive");
+    assert!(drives[0].starts_with("file=/s/vms/0123456789ab/root.qcow2,format=qcow2"));
+    assert!(drives[1].starts_with("file=/s/vms/0123456789ab/work.ext4,format=raw"));
+    assert_eq!(
+        value_of(&a, "-netdev"),
+        ["tap,id=net0,ifname=tap-bg-01234567,script=no,downscript=no"]
+    );
+    assert!(value_of(&a, "-device")
+        .contains(&"virtserialport,bus=vser0.0,chardev=agent0,name=banger.agent"));
+    assert_eq!(value_of(&a, "-pidfile"), ["/r/vms/0123456789ab/qemu.pid"]);
+    assert_eq!(a.last().unwrap(), "-daemonize");
+    assert!(a.contains(&"-no-reboot".to_string()));
+}
+
+#[test]
+fn kvm_uses_host_cpu() {
+    let mut c = cfg();
+    c.accel = Accel::Kvm;
+    let a = args(&c);
+    assert_eq!(value_of(&a, "-machine"), ["q35,accel=kvm"]);
+    assert_eq!(value_of(&a, "-cpu"), ["host"]);
+}
+
+#[test]
+fn commas_in_paths_are_escaped() {
+    let mut c = cfg();
+    c.root_disk = "/s/a,b/root.qcow2".into();
+    let a = args(&c);
+    assert!(value_of(&a, "-drive")[0].starts_with("file=/s/a,,b/root.qcow2,format"));
+}
+
+#[test]
+fn cmdline_carries_identity() {
+    let line = kernel_cmdline(&GuestIdentity {
+        hostname: "box".into(),
+        ip: "172.30.0.5".parse().unwrap(),
+        prefix: 24,
+        gateway: "172.30.0.1".parse().unwrap(),
+        dns: None,
+    });
+    assert!(line.contains("root=/dev/vda"));
+    assert!(line.contains("banger.hostname=box"));
+    assert!(line.contains("banger.ip=172.30.0.5/24"));
+    assert!(line.contains("banger.gw=172.30.0.1"));
+    assert!(!line.contains("banger.dns"));
+}
+
+#[test]
+fn launch_reports_qemu_startup_errors_with_stderr() {
+    let qemu = Path::new("/usr/bin/qemu-system-x86_64");
+    if !qemu.exists() {
+        eprintln!("skipping: qemu not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg();
+    c.kernel = dir.path().join("missing-vmlinuz");
+    c.pidfile = dir.path().join("qemu.pid");
+    let err = launch(qemu, &c, None, Duration::from_secs(20)).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("qemu exited"), "{msg}");
+    assert!(!c.pidfile.exists());
+}
+
+#[test]
+fn launch_of_missing_binary_names_it() {
+    let err = launch(
+        Path::new("/nonexistent/qemu"),
+        &cfg(),
+        None,
+        Duration::from_secs(1),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/qemu"));
+}

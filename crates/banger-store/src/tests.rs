@@ -1,0 +1,113 @@
+use super::*;
+
+fn vm(id: &str, name: &str, ip: &str) -> VmRecord {
+    VmRecord {
+        id: id.into(),
+        name: name.into(),
+        state: "stopped".into(),
+        error: None,
+        image: "debian-bookworm".into(),
+        vcpus: 2,
+        memory_mib: 1024,
+        work_disk_mib: 8192,
+        ip: ip.into(),
+        mac: "52:54:00:00:00:02".into(),
+        vmm: "qemu".into(),
+        created_at: 1,
+        started_at: None,
+    }
+}
+
+#[test]
+fn fresh_file_migrates_and_reports_each_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    assert_eq!(
+        inspect_schema(&path).unwrap(),
+        SchemaState::MigrationsNeeded { pending: vec![1] }
+    );
+    drop(Store::open(&path).unwrap());
+    assert_eq!(inspect_schema(&path).unwrap(), SchemaState::Compatible);
+
+    // A newer binary's migration makes this one refuse the database.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO schema_migrations (id, name, applied_at) VALUES (99, 'future', 0)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    assert_eq!(
+        inspect_schema(&path).unwrap(),
+        SchemaState::Incompatible { unknown: vec![99] }
+    );
+    let err = Store::open(&path).err().expect("must refuse").to_string();
+    assert!(err.contains("newer banger") && err.contains("99"), "{err}");
+}
+
+#[test]
+fn wal_mode_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    let mode: String = store
+        .conn()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn vm_crud_and_uniqueness() {
+    let s = Store::open_in_memory().unwrap();
+    s.insert_vm(&vm("a1", "box", "172.30.0.2")).unwrap();
+    let dup = s.insert_vm(&vm("a2", "box", "172.30.0.3")).unwrap_err();
+    assert!(dup.to_string().contains("vm \"box\" already exists"), "{dup}");
+    let dup_ip = s.insert_vm(&vm("a3", "other", "172.30.0.2")).unwrap_err();
+    assert!(dup_ip.to_string().contains("ip"), "{dup_ip}");
+
+    let mut got = s.vm_by_name("box").unwrap().unwrap();
+    got.state = "running".into();
+    got.started_at = Some(5);
+    s.update_vm(&got).unwrap();
+    assert_eq!(s.vm_by_name("box").unwrap().unwrap(), got);
+    assert_eq!(s.used_ips().unwrap(), ["172.30.0.2"]);
+    assert_eq!(s.list_vms().unwrap().len(), 1);
+    assert!(s.delete_vm("a1").unwrap());
+    assert!(!s.delete_vm("a1").unwrap());
+    assert!(s.vm_by_name("box").unwrap().is_none());
+}
+
+#[test]
+fn images_upsert_and_usage() {
+    let s = Store::open_in_memory().unwrap();
+    let mut img = ImageRecord {
+        name: "debian-bookworm".into(),
+        dir: "/s/images/debian-bookworm".into(),
+        source: "debian:bookworm".into(),
+        build_hash: "h1".into(),
+        kernel: "vmlinuz".into(),
+        initrd: Some("initrd.img".into()),
+        rootfs_bytes: 10,
+        created_at: 1,
+    };
+    s.upsert_image(&img).unwrap();
+    img.build_hash = "h2".into();
+    s.upsert_image(&img).unwrap();
+    assert_eq!(s.image("debian-bookworm").unwrap().unwrap().build_hash, "h2");
+    assert_eq!(s.list_images().unwrap().len(), 1);
+    s.insert_vm(&vm("a1", "box", "172.30.0.2")).unwrap();
+    assert_eq!(s.vms_using_image("debian-bookworm").unwrap(), ["box"]);
+    assert!(s.delete_image("debian-bookworm").unwrap());
+}
+
+#[test]
+fn state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    Store::open(&path)
+        .unwrap()
+        .insert_vm(&vm("a1", "box", "172.30.0.2"))
+        .unwrap();
+    let again = Store::open(&path).unwrap();
+    assert_eq!(again.vm_by_name("box").unwrap().unwrap().id, "a1");
+}

@@ -105,7 +105,9 @@ impl Event {
 
 /// Decodes the base64 payload of a Stdout/Stderr event.
 pub fn decode_data(data: &str) -> Result<Vec<u8>, ProtoError> {
-    b64().decode(data).map_err(|e| ProtoError::BadData(e.to_string()))
+    b64()
+        .decode(data)
+        .map_err(|e| ProtoError::BadData(e.to_string()))
 }
 
 fn b64() -> base64::engine::GeneralPurpose {
@@ -236,7 +238,10 @@ mod tests {
         let line = encode(&f);
         assert!(line.ends_with(b"\n"));
         let s = std::str::from_utf8(&line).unwrap();
-        assert!(s.starts_with(r#"{"id":7,"type":"exec","argv":["sh","-c","exit 42"]"#), "{s}");
+        assert!(
+            s.starts_with(r#"{"id":7,"type":"exec","argv":["sh","-c","exit 42"]"#),
+            "{s}"
+        );
         assert_eq!(decode::<HostFrame>(&line).unwrap(), f);
 
         let g = GuestFrame {

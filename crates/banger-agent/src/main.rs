@@ -1,1 +1,133 @@
-fn main() {}
+//! banger-agent: runs inside every banger guest (systemd starts it as root).
+//!
+//! At startup it applies the VM identity passed on the kernel command line
+//! (hostname, address, gateway, DNS), then serves the host over the agent
+//! channel, the virtio-serial port named `banger.agent`: newline-delimited
+//! JSON frames as defined by `banger-agent-proto`. Each request runs on its
+//! own thread; every frame goes out through one mutex-guarded writer.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Logs one line to stderr (the journal, under systemd).
+macro_rules! log {
+    ($($arg:tt)*) => {
+        eprintln!("banger-agent: {}", format_args!($($arg)*))
+    };
+}
+
+mod channel;
+mod exec;
+mod identity;
+mod serve;
+
+const USAGE: &str = "\
+usage: banger-agent [--channel PATH] [--no-identity] [--dry-poweroff]
+
+  --channel PATH   serve on PATH (a character device, or a Unix socket to
+                   connect to) instead of the virtio-serial port named
+                   banger.agent
+  --no-identity    do not apply banger.* identity keys from /proc/cmdline
+  --dry-poweroff   answer Poweroff requests but do not power off
+  --version        print the version
+  --help           print this help
+";
+
+/// What the command line asks for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    pub channel: Option<PathBuf>,
+    pub no_identity: bool,
+    pub dry_poweroff: bool,
+}
+
+enum Cli {
+    Run(Options),
+    Print(String),
+}
+
+fn parse_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Cli> {
+    let mut opts = Options::default();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--channel") => {
+                let path = args
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--channel needs a path\n{USAGE}"))?;
+                opts.channel = Some(path.into());
+            }
+            Some("--no-identity") => opts.no_identity = true,
+            Some("--dry-poweroff") => opts.dry_poweroff = true,
+            Some("--version") => {
+                return Ok(Cli::Print(format!(
+                    "banger-agent {}\n",
+                    env!("CARGO_PKG_VERSION")
+                )))
+            }
+            Some("--help" | "-h") => return Ok(Cli::Print(USAGE.to_owned())),
+            _ => anyhow::bail!("unknown argument {arg:?}\n{USAGE}"),
+        }
+    }
+    Ok(Cli::Run(opts))
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let opts = match parse_args(std::env::args_os().skip(1))? {
+        Cli::Run(opts) => opts,
+        Cli::Print(text) => {
+            print!("{text}");
+            return Ok(());
+        }
+    };
+    log!("version {} starting", env!("CARGO_PKG_VERSION"));
+    if !opts.no_identity {
+        identity::apply_from_kernel();
+    }
+    let chan = channel::open(opts.channel.as_deref());
+    serve::serve(chan, &opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Cli> {
+        parse_args(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn flags_parse() {
+        let Cli::Run(o) =
+            parse(&["--channel", "/tmp/s", "--no-identity", "--dry-poweroff"]).unwrap()
+        else {
+            panic!("expected Run");
+        };
+        assert_eq!(
+            o,
+            Options {
+                channel: Some("/tmp/s".into()),
+                no_identity: true,
+                dry_poweroff: true,
+            }
+        );
+        let Cli::Run(o) = parse(&[]).unwrap() else {
+            panic!("expected Run");
+        };
+        assert_eq!(o, Options::default());
+        assert!(matches!(parse(&["--version"]).unwrap(), Cli::Print(_)));
+        assert!(parse(&["--channel"]).is_err());
+        assert!(parse(&["--bogus"]).is_err());
+    }
+}

@@ -6,10 +6,12 @@
 
 mod error;
 mod name;
+mod size;
 mod types;
 
 pub use error::{ApiError, ErrorCode};
 pub use name::{validate_vm_name, NameError};
+pub use size::{format_size, parse_size, parse_size_mib};
 pub use types::*;
 
 /// Header that carries the operation id on every request and response.

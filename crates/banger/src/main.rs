@@ -1,1 +1,120 @@
-fn main() {}
+//! banger: disposable microVMs for developers.
+//!
+//! The CLI talks only to bangerd, over its Unix socket. Every command that
+//! people script offers `--json`; progress goes to stderr so stdout stays
+//! clean for the command's own output.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod daemonctl;
+mod errors;
+mod style;
+mod table;
+mod vmcmd;
+
+pub fn version_line() -> String {
+    format!(
+        "banger {} (commit {}, built {})",
+        env!("CARGO_PKG_VERSION"),
+        option_env!("BANGER_COMMIT").unwrap_or("unknown"),
+        option_env!("BANGER_BUILT_AT").unwrap_or("unknown"),
+    )
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "banger",
+    about = "Disposable microVMs for developers",
+    version = env!("CARGO_PKG_VERSION"),
+    long_version = version_line(),
+    after_help = "Examples:\n  banger vm run -- uname -a\n  banger vm run --rm --vcpu 4 --memory 2G -- make test\n  banger vm create --name box && banger vm exec box -- ls\n  banger doctor"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create, run and manage VMs.
+    #[command(subcommand)]
+    Vm(vmcmd::VmCmd),
+    /// Build and list golden images.
+    #[command(subcommand)]
+    Image(vmcmd::ImageCmd),
+    /// Start, stop and inspect the daemon (bangerd and the root helper).
+    #[command(subcommand)]
+    Daemon(DaemonCmd),
+    /// Operations in flight or recently finished (vm create, image build).
+    #[command(alias = "ops")]
+    Operations(JsonFlag),
+    /// Check that this host can run banger VMs.
+    Doctor(DoctorArgs),
+    /// Print the version, commit and build time.
+    Version,
+}
+
+#[derive(Subcommand, Debug)]
+enum DaemonCmd {
+    /// Start bangerd and the root helper in the background.
+    Start,
+    /// Stop them; running VMs keep running and are re-adopted on next start.
+    Stop,
+    /// Is bangerd running?
+    Status(JsonFlag),
+}
+
+#[derive(Args, Debug)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    /// Show every check, not only warnings and failures.
+    #[arg(short, long)]
+    verbose: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("banger: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            errors::print(&e);
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let layout = banger_paths::Layout::from_env();
+    match cli.cmd {
+        Cmd::Version => {
+            println!("{}", version_line());
+            Ok(0)
+        }
+        Cmd::Daemon(DaemonCmd::Start) => daemonctl::start(&layout, false).await.map(|_| 0),
+        Cmd::Daemon(DaemonCmd::Stop) => daemonctl::stop(&layout).await.map(|_| 0),
+        Cmd::Daemon(DaemonCmd::Status(j)) => {
+            Ok(if daemonctl::status(&layout, j.json).await? { 0 } else { 1 })
+        }
+        Cmd::Doctor(a) => vmcmd::doctor(&layout, a.verbose, a.json).await,
+        Cmd::Operations(j) => vmcmd::operations(&layout, j.json).await,
+        Cmd::Vm(c) => vmcmd::vm(&layout, c).await,
+        Cmd::Image(c) => vmcmd::image(&layout, c).await,
+    }
+}

@@ -281,3 +281,26 @@ fn wait_with_timeout(
 
 #[cfg(test)]
 mod tests;
+
+/// Creates a qcow2 overlay at `overlay` whose backing file is the raw image
+/// `base`: the VM's copy-on-write root. Nothing of `base` is copied.
+pub fn create_overlay(qemu_img: &Path, base: &Path, overlay: &Path) -> Result<(), LaunchError> {
+    let out = Command::new(qemu_img)
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(base)
+        .arg(overlay)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| LaunchError::Spawn {
+            bin: qemu_img.display().to_string(),
+            source,
+        })?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(overlay);
+        return Err(LaunchError::Failed {
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}

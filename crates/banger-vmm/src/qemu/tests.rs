@@ -117,3 +117,37 @@ fn launch_of_missing_binary_names_it() {
     .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/qemu"));
 }
+
+#[test]
+fn overlay_is_small_and_backed_by_the_base() {
+    let qemu_img = Path::new("/usr/bin/qemu-img");
+    if !qemu_img.exists() {
+        eprintln!("skipping: qemu-img not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.ext4");
+    std::fs::write(&base, vec![7u8; 4 * 1024 * 1024]).unwrap();
+    let overlay = dir.path().join("root.qcow2");
+    create_overlay(qemu_img, &base, &overlay).unwrap();
+    assert!(std::fs::metadata(&overlay).unwrap().len() < 1024 * 1024);
+    let info = Command::new(qemu_img)
+        .args(["info", "--output=json"])
+        .arg(&overlay)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains(&*base.to_string_lossy()), "{text}");
+}
+
+#[test]
+fn overlay_of_missing_base_fails_and_leaves_nothing() {
+    let qemu_img = Path::new("/usr/bin/qemu-img");
+    if !qemu_img.exists() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let overlay = dir.path().join("root.qcow2");
+    assert!(create_overlay(qemu_img, &dir.path().join("nope"), &overlay).is_err());
+    assert!(!overlay.exists());
+}

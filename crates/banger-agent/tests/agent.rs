@@ -1,0 +1,314 @@
+//! The real agent binary, served over a Unix socket, driven by the real
+//! host client.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use banger_agent_proto::client::{AgentClient, ClientError, ExecEvent, ExecOutput};
+use banger_agent_proto::{decode, Event, GuestFrame, MAX_CHUNK_BYTES};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::process::{Child, Command};
+use tokio::time::{timeout, Instant};
+
+const T: Duration = Duration::from_secs(30);
+
+struct Agent {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the agent on a fresh socket; returns it and the raw connection.
+async fn start_raw() -> (Agent, UnixStream) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_banger-agent"))
+        .arg("--channel")
+        .arg(&sock)
+        .args(["--no-identity", "--dry-poweroff"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (stream, _) = timeout(T, listener.accept())
+        .await
+        .expect("the agent connects")
+        .unwrap();
+    (Agent { child, _dir: dir }, stream)
+}
+
+async fn start() -> (Agent, AgentClient) {
+    let (agent, stream) = start_raw().await;
+    (agent, AgentClient::new(stream))
+}
+
+fn argv(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+async fn run(client: &AgentClient, args: &[&str]) -> Result<ExecOutput, ClientError> {
+    let stream = client.exec(argv(args), vec![], None).await?;
+    timeout(T, stream.collect())
+        .await
+        .expect("command ends in time")
+}
+
+#[tokio::test]
+async fn ping_answers_with_the_boot_id() {
+    let (_agent, client) = start().await;
+    let pong = client.ping(T).await.unwrap();
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(pong.boot_id, boot_id.trim());
+    assert!(!pong.boot_id.is_empty());
+    assert_eq!(pong.agent_version, env!("CARGO_PKG_VERSION"));
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(pong.hostname, hostname.trim());
+}
+
+#[tokio::test]
+async fn exec_streams_stdout_stderr_and_the_exit_code() {
+    let (_agent, client) = start().await;
+    let out = run(&client, &["sh", "-c", "echo out; echo err >&2; exit 42"])
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(out.stderr, b"err\n");
+    assert_eq!(out.code, 42);
+}
+
+#[tokio::test]
+async fn a_signal_death_is_128_plus_the_signal() {
+    let (_agent, client) = start().await;
+    let out = run(&client, &["sh", "-c", "kill -9 $$"]).await.unwrap();
+    assert_eq!(out.code, 137);
+}
+
+#[tokio::test]
+async fn a_missing_command_is_an_error_naming_it() {
+    let (_agent, client) = start().await;
+    let err = run(&client, &["no-such-command-banger"]).await.unwrap_err();
+    assert!(matches!(err, ClientError::Agent { .. }), "{err}");
+    assert!(err.to_string().contains("no-such-command-banger"), "{err}");
+
+    let err = run(&client, &[]).await.unwrap_err();
+    assert!(matches!(err, ClientError::Agent { .. }), "{err}");
+
+    let stream = client
+        .exec(argv(&["true"]), vec![], Some("/no/such/dir".into()))
+        .await
+        .unwrap();
+    let err = stream.collect().await.unwrap_err();
+    assert!(err.to_string().contains("/no/such/dir"), "{err}");
+    // The agent is still serving.
+    client.ping(T).await.unwrap();
+}
+
+#[tokio::test]
+async fn exec_gets_a_clean_environment_plus_its_own() {
+    let (_agent, client) = start().await;
+    let stream = client
+        .exec(
+            argv(&["sh", "-c", "echo $FOO; pwd; echo ${TERM-unset}; echo $PATH"]),
+            vec![("FOO".into(), "bar baz".into())],
+            Some("/tmp".into()),
+        )
+        .await
+        .unwrap();
+    let out = timeout(T, stream.collect()).await.unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "bar baz\n/tmp\nunset\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+    );
+    let stream = client
+        .exec(
+            argv(&["sh", "-c", "echo $TERM $HOME"]),
+            vec![("TERM".into(), "xterm".into())],
+            None,
+        )
+        .await
+        .unwrap();
+    let out = timeout(T, stream.collect()).await.unwrap().unwrap();
+    assert_eq!(out.stdout, b"xterm /root\n");
+}
+
+#[tokio::test]
+async fn concurrent_execs_share_the_connection() {
+    let (_agent, client) = start().await;
+    let script = |tag: &str| {
+        format!("for i in 1 2 3 4 5; do echo {tag}$i; echo e{tag}$i >&2; sleep 0.05; done; exit 7")
+    };
+    let (script_a, script_b) = (script("a"), script("b"));
+    let (argv_a, argv_b) = (["sh", "-c", &script_a], ["sh", "-c", &script_b]);
+    let (a, b, pong) = tokio::join!(run(&client, &argv_a), run(&client, &argv_b), async {
+        // A ping while both run is answered promptly.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.ping(Duration::from_secs(5)).await
+    },);
+    pong.unwrap();
+    for (out, tag) in [(a.unwrap(), "a"), (b.unwrap(), "b")] {
+        let want: String = (1..=5).map(|i| format!("{tag}{i}\n")).collect();
+        let want_err: String = (1..=5).map(|i| format!("e{tag}{i}\n")).collect();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), want);
+        assert_eq!(String::from_utf8(out.stderr).unwrap(), want_err);
+        assert_eq!(out.code, 7);
+    }
+}
+
+#[tokio::test]
+async fn output_streams_before_the_command_ends() {
+    let (_agent, client) = start().await;
+    let started = Instant::now();
+    let mut stream = client
+        .exec(
+            argv(&["sh", "-c", "echo first; sleep 3; echo second"]),
+            vec![],
+            None,
+        )
+        .await
+        .unwrap();
+    let first = timeout(T, stream.next_event()).await.unwrap().unwrap();
+    assert_eq!(first, Some(ExecEvent::Stdout(b"first\n".to_vec())));
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    let second = timeout(T, stream.next_event()).await.unwrap().unwrap();
+    assert_eq!(second, Some(ExecEvent::Stdout(b"second\n".to_vec())));
+    assert_eq!(stream.next_event().await.unwrap(), Some(ExecEvent::Exit(0)));
+    assert_eq!(stream.next_event().await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn large_output_arrives_complete_in_bounded_chunks() {
+    let (_agent, client) = start().await;
+    const N: usize = 5_000_000;
+    let mut stream = client
+        .exec(
+            argv(&[
+                "sh",
+                "-c",
+                "head -c 5000000 /dev/urandom | tee /dev/stderr | sha256sum",
+            ]),
+            vec![],
+            None,
+        )
+        .await
+        .unwrap();
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let code = loop {
+        match timeout(T, stream.next_event()).await.unwrap().unwrap() {
+            Some(ExecEvent::Stdout(b)) => {
+                assert!(b.len() <= MAX_CHUNK_BYTES);
+                stdout.extend_from_slice(&b);
+            }
+            Some(ExecEvent::Stderr(b)) => {
+                assert!(b.len() <= MAX_CHUNK_BYTES);
+                stderr.extend_from_slice(&b);
+            }
+            Some(ExecEvent::Exit(code)) => break code,
+            None => panic!("stream ended without Exit"),
+        }
+    };
+    assert_eq!(code, 0);
+    assert_eq!(stderr.len(), N);
+    // The agent's copy and ours hash the same.
+    let ours = std::process::Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(&stderr)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&stdout).split_whitespace().next(),
+        String::from_utf8_lossy(&ours.stdout)
+            .split_whitespace()
+            .next()
+    );
+
+    let out = run(&client, &["head", "-c", "5000000", "/dev/zero"])
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.len(), N);
+    assert!(out.stdout.iter().all(|&b| b == 0));
+    assert_eq!(out.code, 0);
+}
+
+#[tokio::test]
+async fn garbage_and_torn_frames_are_ignored() {
+    let (_agent, stream) = start_raw().await;
+    let (r, mut w) = stream.into_split();
+    w.write_all(
+        b"garbage\n\
+          \"id\":3,\"type\":\"pi\n\
+          {\"id\":4,\"type\":\"no_such_request\"}\n\
+          \n\
+          {\"id\":5,\"type\":\"exec\",\"argv\":\"not a list\"}\n",
+    )
+    .await
+    .unwrap();
+    // A line over the frame limit is dropped too, without being buffered.
+    let big = vec![b'x'; banger_agent_proto::MAX_FRAME_BYTES + 10];
+    w.write_all(&big).await.unwrap();
+    w.write_all(b"\n").await.unwrap();
+
+    // Whole frames the agent does not understand get an Error; the noise
+    // gets nothing.
+    let mut r = BufReader::new(r);
+    for want in [4, 5] {
+        let mut line = String::new();
+        timeout(T, r.read_line(&mut line)).await.unwrap().unwrap();
+        let frame: GuestFrame = decode(line.as_bytes()).unwrap();
+        assert_eq!(frame.id, want);
+        assert!(matches!(frame.event, Event::Error { .. }), "{line}");
+    }
+    assert!(r.buffer().is_empty());
+
+    // The head of a frame, never finished (a host that died mid-write): the
+    // next client starts on a fresh line, so only this torn line is lost.
+    w.write_all(b"{\"id\":6,\"type\":\"ex").await.unwrap();
+    let client = AgentClient::from_split(r.into_inner(), w);
+    let pong = client.ping(T).await.unwrap();
+    assert!(!pong.boot_id.is_empty());
+    let out = run(&client, &["echo", "still fine"]).await.unwrap();
+    assert_eq!(out.stdout, b"still fine\n");
+}
+
+#[tokio::test]
+async fn sync_and_poweroff_answer_ok() {
+    let (_agent, client) = start().await;
+    client.sync(T).await.unwrap();
+    // --dry-poweroff: the reply path only.
+    client.poweroff(T).await.unwrap();
+    client.ping(T).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_agent_dying_fails_pending_requests() {
+    let (mut agent, client) = start().await;
+    let mut stream = client
+        .exec(argv(&["sh", "-c", "echo started; sleep 30"]), vec![], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        timeout(T, stream.next_event()).await.unwrap().unwrap(),
+        Some(ExecEvent::Stdout(b"started\n".to_vec()))
+    );
+    agent.child.start_kill().unwrap();
+    let err = timeout(T, stream.next_event()).await.unwrap().unwrap_err();
+    assert!(matches!(err, ClientError::Disconnected), "{err}");
+    assert!(client.is_closed());
+    let err = client.ping(T).await.unwrap_err();
+    assert!(matches!(err, ClientError::Disconnected), "{err}");
+}
+
+#[tokio::test]
+async fn the_agent_exits_when_its_socket_closes() {
+    let (mut agent, client) = start().await;
+    client.ping(T).await.unwrap();
+    drop(client);
+    let status = timeout(T, agent.child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -1,0 +1,697 @@
+//! `banger vm ...`, `banger image ...`, `banger doctor`, `banger operations`.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use banger_api::{
+    format_size, validate_vm_name, BuildImageRequest, CheckStatus, CreateVmRequest, DoctorReport,
+    ExecEvent, ExecRequest, ImageInfo, KillRequest, OperationInfo, PruneResult, VmInfo, VmSpec,
+};
+use banger_client::Client;
+use banger_paths::Layout;
+use clap::{Args, Subcommand};
+
+use crate::{daemonctl, style, table, JsonFlag};
+
+#[derive(Subcommand, Debug)]
+pub enum VmCmd {
+    /// Create a VM and boot it; returns once the guest agent answers.
+    #[command(after_help = "Examples:\n  banger vm create --name box\n  banger vm create --vcpu 4 --memory 4G --disk 20G")]
+    Create(CreateArgs),
+    /// Create a VM, run a command in it, print its output and exit with its code.
+    #[command(after_help = "Examples:\n  banger vm run -- uname -a\n  banger vm run --rm -- sh -c 'echo out; exit 42'   # exits 42, leaves nothing")]
+    Run(RunArgs),
+    /// Start a stopped VM with the disks it kept.
+    Start(NameArg),
+    /// Flush the guest's disks, power it off, keep its disks.
+    Stop(NameArg),
+    /// Reboot a running VM (a new VMM; a new boot id).
+    Restart(NameArg),
+    /// Send a signal to the VM's VMM (default KILL); the VM ends stopped.
+    Kill(KillArgs),
+    /// Delete a VM: its VMM, tap, disks and state.
+    #[command(alias = "rm")]
+    Delete(NameArg),
+    /// Delete every VM that is not running.
+    Prune(PruneArgs),
+    /// List VMs.
+    #[command(alias = "ps", alias = "ls")]
+    List(JsonFlag),
+    /// Show one VM.
+    Show(NameArg),
+    /// Run a command in a running VM; exits with the command's code.
+    #[command(after_help = "Example:\n  banger vm exec box -- sh -c 'uname -a; exit 3'")]
+    Exec(ExecArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Build the default Debian image locally (mmdebstrap + mkfs.ext4 -d).
+    Build(BuildArgs),
+    /// List images.
+    #[command(alias = "ls")]
+    List(JsonFlag),
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Rebuild even if the image exists.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct NameArg {
+    /// VM name.
+    name: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct KillArgs {
+    name: String,
+    /// Signal to send: KILL, TERM, INT, HUP, QUIT, USR1, USR2 or ABRT.
+    #[arg(long, short = 's', default_value = "KILL")]
+    signal: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Do not ask for confirmation.
+    #[arg(short, long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ShapeArgs {
+    /// VM name (a DNS label: lowercase letters, digits, '-'); generated if empty.
+    #[arg(long)]
+    name: Option<String>,
+    /// Image to boot (default: debian-bookworm, built on first use).
+    #[arg(long)]
+    image: Option<String>,
+    /// Virtual CPUs.
+    #[arg(long)]
+    vcpu: Option<u32>,
+    /// Memory, e.g. 512M, 2G (a bare number is MiB).
+    #[arg(long)]
+    memory: Option<String>,
+    /// Work disk (/root) size, e.g. 8G.
+    #[arg(long)]
+    disk: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    shape: ShapeArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Delete the VM when the command ends.
+    #[arg(long)]
+    rm: bool,
+    /// The command to run in the guest.
+    #[arg(last = true, required = true)]
+    cmd: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    name: String,
+    /// Working directory in the guest (default /root).
+    #[arg(long)]
+    cwd: Option<String>,
+    #[arg(last = true, required = true)]
+    cmd: Vec<String>,
+}
+
+/// A client to a running daemon, starting it first if it is not running.
+async fn client(layout: &Layout) -> anyhow::Result<Client> {
+    let c = Client::new(layout.daemon_socket());
+    if c.get::<banger_api::DaemonStatus>("/status").await.is_err() {
+        eprintln!("{}", style::dim("starting bangerd..."));
+        daemonctl::start(layout, true).await?;
+    }
+    Ok(c)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn create_request(s: &ShapeArgs) -> anyhow::Result<CreateVmRequest> {
+    if let Some(name) = s.name.as_deref().filter(|n| !n.is_empty()) {
+        validate_vm_name(name)?;
+    }
+    let memory_mib = s
+        .memory
+        .as_deref()
+        .map(|m| banger_api::parse_size_mib(m).map_err(anyhow::Error::msg).context("--memory"))
+        .transpose()?;
+    let work_disk_mib = s
+        .disk
+        .as_deref()
+        .map(|m| banger_api::parse_size_mib(m).map_err(anyhow::Error::msg).context("--disk"))
+        .transpose()?;
+    let req = CreateVmRequest {
+        name: s.name.clone(),
+        image: s.image.clone(),
+        vcpus: s.vcpu,
+        memory_mib: memory_mib.map(|m| m.min(u32::MAX as u64) as u32),
+        work_disk_mib,
+    };
+    let spec = VmSpec {
+        vcpus: req.vcpus.unwrap_or(VmSpec::DEFAULT.vcpus),
+        memory_mib: req.memory_mib.unwrap_or(VmSpec::DEFAULT.memory_mib),
+        work_disk_mib: req.work_disk_mib.unwrap_or(VmSpec::DEFAULT.work_disk_mib),
+    };
+    spec.validate().map_err(anyhow::Error::msg)?;
+    Ok(req)
+}
+
+fn fmt_ms(ms: u64) -> String {
+    if ms >= 60_000 {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+/// Follows an operation until it is done, showing each stage on stderr.
+async fn follow(c: &Client, op: OperationInfo, quiet: bool) -> anyhow::Result<OperationInfo> {
+    let tty = std::io::stderr().is_terminal() && !quiet;
+    let bar = if tty {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.enable_steady_tick(Duration::from_millis(120));
+        Some(b)
+    } else {
+        None
+    };
+    let mut shown = 0usize;
+    let mut last_progress = String::new();
+    let mut cur = op;
+    loop {
+        for st in cur.stages.iter().skip(shown) {
+            let line = format!("  {:<12} {}", st.name, style::dim(&fmt_ms(st.elapsed_ms)));
+            match &bar {
+                Some(b) => b.println(line),
+                None if !quiet => eprintln!("{line}"),
+                None => {}
+            }
+        }
+        shown = cur.stages.len();
+        if cur.done {
+            break;
+        }
+        let progress = cur.progress.clone().unwrap_or_default();
+        match &bar {
+            Some(b) => b.set_message(format!("{} {}", cur.stage, style::dim(&progress))),
+            None if !quiet && progress != last_progress && !progress.is_empty() => {
+                eprintln!("  {:<12} {}", cur.stage, progress)
+            }
+            None => {}
+        }
+        last_progress = progress;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cur = c.get(&format!("/operations/{}", cur.id)).await?;
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if let Some(err) = cur.error.clone() {
+        return Err(banger_client::ClientError::Api(err).into());
+    }
+    if !quiet {
+        if let Some(st) = cur.stages.iter().find(|s| s.name == "image-build") {
+            eprintln!(
+                "{}",
+                style::dim(&format!("built the default image in {}", fmt_ms(st.elapsed_ms)))
+            );
+        }
+        eprintln!(
+            "{}",
+            style::dim(&format!("{} {} ready in {}", cur.kind, cur.target, fmt_ms(cur.elapsed_ms)))
+        );
+    }
+    Ok(cur)
+}
+
+async fn create_vm(c: &Client, req: &CreateVmRequest, quiet: bool) -> anyhow::Result<VmInfo> {
+    let op: OperationInfo = c.post("/vms", req).await?;
+    let done = follow(c, op, quiet).await?;
+    done.vm.context("daemon reported no vm for a finished create")
+}
+
+/// Streams an exec to stdout/stderr and returns the guest exit code.
+async fn stream_exec(c: &Client, vm: &str, req: &ExecRequest) -> anyhow::Result<i32> {
+    let mut s = c.exec(vm, req).await?;
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    while let Some(ev) = s.next().await? {
+        match ev {
+            ExecEvent::Stdout { data } => {
+                out.write_all(&ExecEvent::decode(&data).map_err(anyhow::Error::msg)?)?;
+                out.flush()?;
+            }
+            ExecEvent::Stderr { data } => {
+                err.write_all(&ExecEvent::decode(&data).map_err(anyhow::Error::msg)?)?;
+                err.flush()?;
+            }
+            ExecEvent::Exit { code } => return Ok(code),
+            ExecEvent::Error { error } => return Err(banger_client::ClientError::Api(error).into()),
+        }
+    }
+    bail!("the exec stream ended without an exit code")
+}
+
+/// Exit codes outside 0..=255 (they cannot reach a shell) become 255.
+fn exit_byte(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or(255)
+}
+
+fn spec_line(v: &VmInfo) -> String {
+    format!(
+        "{} vcpu | {} memory | {} work disk",
+        v.spec.vcpus,
+        format_size(v.spec.memory_mib as u64 * 1024 * 1024),
+        format_size(v.spec.work_disk_mib * 1024 * 1024)
+    )
+}
+
+fn print_vm(v: &VmInfo) {
+    let dash = |o: Option<String>| o.unwrap_or_else(|| "-".into());
+    println!("name      {}", v.name);
+    println!("id        {}", v.id);
+    println!("state     {}", v.state);
+    if let Some(e) = &v.error {
+        println!("error     {e}");
+    }
+    println!("spec      {}", spec_line(v));
+    println!("image     {}", v.image);
+    println!("ip        {}", v.ip);
+    println!("mac       {}", v.mac);
+    println!("tap       {}", dash(v.tap.clone()));
+    println!("vmm       {} (pid {})", v.vmm, dash(v.pid.map(|p| p.to_string())));
+    match (&v.accel, &v.accel_reason) {
+        (Some(a), Some(r)) => println!("accel     {a} ({r})"),
+        (Some(a), None) => println!("accel     {a}"),
+        _ => println!("accel     -"),
+    }
+}
+
+fn ago(unix: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let s = (now - unix).max(0);
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+pub async fn vm(layout: &Layout, cmd: VmCmd) -> anyhow::Result<u8> {
+    // Reject bad names before touching the daemon.
+    let check = |n: &str| validate_vm_name(n).map_err(anyhow::Error::from);
+    match cmd {
+        VmCmd::Create(a) => {
+            let req = create_request(&a.shape)?;
+            let c = client(layout).await?;
+            let v = create_vm(&c, &req, a.json).await?;
+            if a.json {
+                print_json(&v)?;
+            } else {
+                println!("{}", v.name);
+            }
+            Ok(0)
+        }
+        VmCmd::Run(a) => run(layout, a).await,
+        VmCmd::Start(a) => lifecycle(layout, "start", a).await,
+        VmCmd::Stop(a) => lifecycle(layout, "stop", a).await,
+        VmCmd::Restart(a) => lifecycle(layout, "restart", a).await,
+        VmCmd::Kill(a) => {
+            check(&a.name)?;
+            let c = client(layout).await?;
+            let v: VmInfo = c
+                .post(&format!("/vms/{}/kill", a.name), &KillRequest { signal: a.signal })
+                .await?;
+            if a.json {
+                print_json(&v)?;
+            } else {
+                println!("{} {}", v.name, v.state);
+            }
+            Ok(0)
+        }
+        VmCmd::Delete(a) => {
+            check(&a.name)?;
+            let c = client(layout).await?;
+            let v: VmInfo = c.delete(&format!("/vms/{}", a.name)).await?;
+            if a.json {
+                print_json(&v)?;
+            } else {
+                println!("deleted {}", v.name);
+            }
+            Ok(0)
+        }
+        VmCmd::Prune(a) => {
+            let c = client(layout).await?;
+            let vms: Vec<VmInfo> = c.get("/vms").await?;
+            let victims: Vec<&VmInfo> = vms
+                .iter()
+                .filter(|v| v.state != banger_api::VmState::Running && v.state != banger_api::VmState::Creating)
+                .collect();
+            if victims.is_empty() {
+                if a.json {
+                    print_json(&PruneResult::default())?;
+                } else {
+                    println!("nothing to prune");
+                }
+                return Ok(0);
+            }
+            if !a.force {
+                let rows: Vec<Vec<String>> = victims
+                    .iter()
+                    .map(|v| vec![v.name.clone(), v.state.to_string(), v.image.clone()])
+                    .collect();
+                eprint!("{}", table::render(&["NAME", "STATE", "IMAGE"], &rows));
+                if !std::io::stdin().is_terminal() {
+                    bail!("refusing to prune without confirmation; pass -f to delete these VMs");
+                }
+                eprint!("delete these {} vm(s)? [y/N] ", victims.len());
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    eprintln!("aborted");
+                    return Ok(1);
+                }
+            }
+            let r: PruneResult = c.post("/vms/prune", &serde_json::json!({})).await?;
+            if a.json {
+                print_json(&r)?;
+            } else {
+                for n in &r.deleted {
+                    println!("deleted {n}");
+                }
+            }
+            Ok(0)
+        }
+        VmCmd::List(j) => {
+            let c = client(layout).await?;
+            let vms: Vec<VmInfo> = c.get("/vms").await?;
+            if j.json {
+                print_json(&vms)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = vms
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.name.clone(),
+                        v.state.to_string(),
+                        v.ip.clone(),
+                        v.spec.vcpus.to_string(),
+                        format_size(v.spec.memory_mib as u64 * 1024 * 1024),
+                        v.image.clone(),
+                        ago(v.created_at),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table::render(&["NAME", "STATE", "IP", "VCPU", "MEMORY", "IMAGE", "CREATED"], &rows)
+            );
+            Ok(0)
+        }
+        VmCmd::Show(a) => {
+            check(&a.name)?;
+            let c = client(layout).await?;
+            let v: VmInfo = c.get(&format!("/vms/{}", a.name)).await?;
+            if a.json {
+                print_json(&v)?;
+            } else {
+                print_vm(&v);
+            }
+            Ok(0)
+        }
+        VmCmd::Exec(a) => {
+            check(&a.name)?;
+            let c = client(layout).await?;
+            let code = stream_exec(
+                &c,
+                &a.name,
+                &ExecRequest {
+                    argv: a.cmd,
+                    env: Vec::new(),
+                    cwd: a.cwd,
+                },
+            )
+            .await?;
+            Ok(exit_byte(code))
+        }
+    }
+}
+
+/// start / stop / restart share their shape: POST, print the new state.
+pub async fn lifecycle(layout: &Layout, verb: &str, a: NameArg) -> anyhow::Result<u8> {
+    validate_vm_name(&a.name)?;
+    let c = client(layout).await?;
+    let v: VmInfo = c
+        .post(&format!("/vms/{}/{verb}", a.name), &serde_json::json!({}))
+        .await?;
+    if a.json {
+        print_json(&v)?;
+    } else {
+        println!("{} {}", v.name, v.state);
+    }
+    Ok(0)
+}
+
+async fn run(layout: &Layout, a: RunArgs) -> anyhow::Result<u8> {
+    let req = create_request(&a.shape)?;
+    let c = client(layout).await?;
+    let v = create_vm(&c, &req, false).await?;
+    let exec = ExecRequest {
+        argv: a.cmd,
+        env: Vec::new(),
+        cwd: None,
+    };
+    let result = tokio::select! {
+        r = stream_exec(&c, &v.name, &exec) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if a.rm {
+        if let Err(e) = c.delete::<VmInfo>(&format!("/vms/{}", v.name)).await {
+            eprintln!("banger: could not delete vm {}: {e}", v.name);
+        }
+    } else {
+        eprintln!(
+            "{}",
+            style::dim(&format!(
+                "vm {} keeps running: `banger vm exec {} -- <cmd>`, `banger vm delete {}`",
+                v.name, v.name, v.name
+            ))
+        );
+    }
+    result.map(exit_byte)
+}
+
+pub async fn image(layout: &Layout, cmd: ImageCmd) -> anyhow::Result<u8> {
+    let c = client(layout).await?;
+    match cmd {
+        ImageCmd::Build(a) => {
+            let op: OperationInfo = c
+                .post(
+                    "/images/build",
+                    &BuildImageRequest {
+                        name: None,
+                        force: a.force,
+                    },
+                )
+                .await?;
+            let done = follow(&c, op, a.json).await?;
+            if a.json {
+                print_json(&done)?;
+            }
+            Ok(0)
+        }
+        ImageCmd::List(j) => {
+            let imgs: Vec<ImageInfo> = c.get("/images").await?;
+            if j.json {
+                print_json(&imgs)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = imgs
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.name.clone(),
+                        i.source.clone(),
+                        format_size(i.rootfs_bytes),
+                        ago(i.created_at),
+                        i.dir.clone(),
+                    ]
+                })
+                .collect();
+            print!("{}", table::render(&["NAME", "SOURCE", "ROOTFS", "CREATED", "DIR"], &rows));
+            Ok(0)
+        }
+    }
+}
+
+pub async fn operations(layout: &Layout, json: bool) -> anyhow::Result<u8> {
+    let c = client(layout).await?;
+    let ops: Vec<OperationInfo> = c.get("/operations").await?;
+    if json {
+        print_json(&ops)?;
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = ops
+        .iter()
+        .map(|o| {
+            let state = match (&o.error, o.done) {
+                (Some(_), _) => "failed".to_string(),
+                (None, true) => "done".to_string(),
+                (None, false) => "running".to_string(),
+            };
+            vec![
+                o.id.clone(),
+                o.kind.clone(),
+                o.target.clone(),
+                state,
+                o.stage.clone(),
+                fmt_ms(o.elapsed_ms),
+            ]
+        })
+        .collect();
+    print!("{}", table::render(&["ID", "KIND", "TARGET", "STATE", "STAGE", "ELAPSED"], &rows));
+    Ok(0)
+}
+
+pub async fn doctor(layout: &Layout, verbose: bool, json: bool) -> anyhow::Result<u8> {
+    let c = Client::new(layout.daemon_socket());
+    let report: DoctorReport = match c.get("/doctor").await {
+        Ok(r) => r,
+        Err(banger_client::ClientError::Unreachable { .. }) => DoctorReport {
+            checks: vec![banger_api::DoctorCheck {
+                name: "daemon".into(),
+                status: CheckStatus::Fail,
+                detail: format!(
+                    "bangerd is not running at {}; start it with `banger daemon start`",
+                    layout.daemon_socket().display()
+                ),
+            }],
+        },
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        print_json(&report)?;
+    } else {
+        for ch in &report.checks {
+            let (tag, show) = match ch.status {
+                CheckStatus::Pass => (style::green("PASS", false), verbose),
+                CheckStatus::Warn => (style::yellow("WARN", false), true),
+                CheckStatus::Fail => (style::red("FAIL", false), true),
+            };
+            if show {
+                println!("{tag} {:<16} {}", ch.name, ch.detail);
+            }
+        }
+        let count = |s| report.checks.iter().filter(|c| c.status == s).count();
+        println!(
+            "{} checks: {} passed, {} warnings, {} failed",
+            report.checks.len(),
+            count(CheckStatus::Pass),
+            count(CheckStatus::Warn),
+            count(CheckStatus::Fail)
+        );
+    }
+    let failed = report.checks.iter().any(|c| c.status == CheckStatus::Fail);
+    Ok(if failed { 1 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(name: Option<&str>, vcpu: Option<u32>, memory: Option<&str>) -> ShapeArgs {
+        ShapeArgs {
+            name: name.map(str::to_string),
+            image: None,
+            vcpu,
+            memory: memory.map(str::to_string),
+            disk: None,
+        }
+    }
+
+    #[test]
+    fn bad_flags_fail_before_any_request() {
+        let e = create_request(&shape(Some("Bad Name"), None, None)).unwrap_err();
+        assert!(e.to_string().contains("lowercase"), "{e}");
+        let e = create_request(&shape(Some("box/../evil"), None, None)).unwrap_err();
+        assert!(e.to_string().contains("'/'"), "{e}");
+        let e = create_request(&shape(None, Some(0), None)).unwrap_err();
+        assert!(e.to_string().contains("--vcpu"), "{e}");
+        let e = create_request(&shape(None, None, Some("lots"))).unwrap_err();
+        assert!(format!("{e:#}").contains("--memory"), "{e:#}");
+    }
+
+    #[test]
+    fn good_flags_build_the_request() {
+        let r = create_request(&shape(Some("box"), Some(4), Some("2G"))).unwrap();
+        assert_eq!(r.name.as_deref(), Some("box"));
+        assert_eq!(r.vcpus, Some(4));
+        assert_eq!(r.memory_mib, Some(2048));
+        // An empty name is passed through for the daemon to generate one.
+        assert!(create_request(&shape(Some(""), None, None)).is_ok());
+    }
+
+    #[test]
+    fn exit_codes_fit_a_byte() {
+        assert_eq!(exit_byte(42), 42);
+        assert_eq!(exit_byte(0), 0);
+        assert_eq!(exit_byte(300), 255);
+        assert_eq!(exit_byte(-1), 255);
+    }
+
+    #[test]
+    fn spec_line_is_ascii() {
+        let v = VmInfo {
+            id: "x".into(),
+            name: "box".into(),
+            state: banger_api::VmState::Running,
+            error: None,
+            image: "i".into(),
+            spec: VmSpec::DEFAULT,
+            ip: "1.2.3.4".into(),
+            mac: "m".into(),
+            tap: None,
+            pid: None,
+            vmm: "qemu".into(),
+            accel: None,
+            accel_reason: None,
+            created_at: 0,
+            started_at: None,
+        };
+        let line = spec_line(&v);
+        assert!(line.is_ascii(), "{line}");
+        assert_eq!(line, "2 vcpu | 1 GiB memory | 8 GiB work disk");
+    }
+}

@@ -1,0 +1,107 @@
+//! `banger doctor`: host checks, each with a verdict and what to do.
+
+use std::path::Path;
+
+use banger_api::{CheckStatus, DoctorCheck, DoctorReport};
+
+use crate::daemon::Shared;
+
+fn check(name: &str, status: CheckStatus, detail: impl Into<String>) -> DoctorCheck {
+    DoctorCheck {
+        name: name.to_string(),
+        status,
+        detail: detail.into(),
+    }
+}
+
+/// Finds `tool` on PATH (or as given, when it is a path).
+pub fn which(tool: &str) -> Option<std::path::PathBuf> {
+    if tool.contains('/') {
+        return Path::new(tool).exists().then(|| tool.into());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+    })
+}
+
+pub async fn report(d: &Shared) -> DoctorReport {
+    let mut checks = Vec::new();
+    let qemu = &d.cfg.qemu_bin;
+    checks.push(match which(&qemu.to_string_lossy()) {
+        Some(p) => check("qemu", CheckStatus::Pass, format!("{}", p.display())),
+        None => check(
+            "qemu",
+            CheckStatus::Fail,
+            format!("{} not found; install qemu-system-x86 (scripts/install-deps)", qemu.display()),
+        ),
+    });
+    let probe = d.accel().await;
+    checks.push(match probe.accel {
+        banger_vmm::Accel::Kvm => check("accelerator", CheckStatus::Pass, format!("kvm: {}", probe.reason)),
+        banger_vmm::Accel::Tcg => check(
+            "accelerator",
+            CheckStatus::Warn,
+            format!("tcg (software emulation, slower boots): {}", probe.reason),
+        ),
+    });
+    for (tool, pkg) in [
+        ("qemu-img", "qemu-utils"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("mmdebstrap", "mmdebstrap"),
+    ] {
+        checks.push(match which(tool) {
+            Some(p) => check(tool, CheckStatus::Pass, p.display().to_string()),
+            None => check(tool, CheckStatus::Fail, format!("not found; install {pkg}")),
+        });
+    }
+    checks.push(if Path::new("/dev/net/tun").exists() {
+        check("tun device", CheckStatus::Pass, "/dev/net/tun")
+    } else {
+        check("tun device", CheckStatus::Fail, "/dev/net/tun missing; load the tun module (modprobe tun)")
+    });
+    checks.push(match d.helper.ping("").await {
+        Ok(v) => check("root helper", CheckStatus::Pass, format!("{} answers ({v})", d.cfg.layout.helper_socket().display())),
+        Err(e) => check("root helper", CheckStatus::Fail, format!("{e}")),
+    });
+    checks.push(if d.cfg.agent_bin.exists() {
+        check("guest agent", CheckStatus::Pass, d.cfg.agent_bin.display().to_string())
+    } else {
+        check(
+            "guest agent",
+            CheckStatus::Fail,
+            format!("{} missing; run scripts/build or set BANGER_AGENT_BIN", d.cfg.agent_bin.display()),
+        )
+    });
+    checks.push(match banger_store::inspect_schema(&d.cfg.layout.db_path()) {
+        Ok(s) if s.exit_code() == 2 => check("state database", CheckStatus::Fail, s.describe()),
+        Ok(s) => check("state database", CheckStatus::Pass, format!("{}: {}", d.cfg.layout.db_path().display(), s.describe())),
+        Err(e) => check("state database", CheckStatus::Fail, e.to_string()),
+    });
+    checks.push(match crate::images::get(d, banger_image::DEFAULT_IMAGE) {
+        Ok(img) => check("default image", CheckStatus::Pass, img.dir.display().to_string()),
+        Err(_) => check(
+            "default image",
+            CheckStatus::Warn,
+            format!(
+                "{} not built yet; the first `banger vm run` builds it (a few minutes), or run `banger image build`",
+                banger_image::DEFAULT_IMAGE
+            ),
+        ),
+    });
+    DoctorReport { checks }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_finds_sh_and_not_nonsense() {
+        assert!(which("sh").is_some());
+        assert!(which("/bin/sh").is_some());
+        assert!(which("definitely-not-a-tool-xyz").is_none());
+    }
+}

@@ -1,0 +1,156 @@
+//! Route table: thin handlers over the vm, image and doctor services.
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use banger_api::{
+    ApiError, BuildImageRequest, CreateVmRequest, DaemonStatus, ExecRequest, KillRequest,
+    PruneResult, VmState,
+};
+
+use crate::daemon::Shared;
+use crate::server::{ndjson_body, Fail, OpId};
+use crate::{doctor, images, vm};
+
+type Res<T> = Result<Json<T>, Fail>;
+
+pub fn router(d: Shared, shutdown: std::sync::Arc<tokio::sync::Notify>) -> Router {
+    let api = Router::new()
+        .route("/status", get(status))
+        .route("/vms", get(list_vms).post(create_vm))
+        .route("/vms/prune", post(prune_vms))
+        .route("/vms/{name}", get(show_vm).delete(delete_vm))
+        .route("/vms/{name}/start", post(start_vm))
+        .route("/vms/{name}/stop", post(stop_vm))
+        .route("/vms/{name}/restart", post(restart_vm))
+        .route("/vms/{name}/kill", post(kill_vm))
+        .route("/vms/{name}/exec", post(exec_vm))
+        .route("/operations", get(list_ops))
+        .route("/operations/{id}", get(get_op))
+        .route("/images", get(list_images))
+        .route("/images/build", post(build_image))
+        .route("/doctor", get(run_doctor))
+        .route(
+            "/shutdown",
+            post(move || {
+                let s = shutdown.clone();
+                async move {
+                    s.notify_one();
+                    Json(serde_json::json!({"stopping": true}))
+                }
+            }),
+        )
+        .fallback(|| async { Fail(ApiError::not_found("no such API route")) })
+        .with_state(d);
+    Router::new()
+        .nest(banger_api::API_PREFIX, api)
+        .layer(axum::middleware::from_fn(crate::server::op_id_layer))
+}
+
+async fn status(State(d): State<Shared>) -> Res<DaemonStatus> {
+    let vms = d.store.list_vms().map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(DaemonStatus {
+        version: crate::version_line("bangerd"),
+        pid: std::process::id(),
+        state_dir: d.cfg.layout.state_dir.display().to_string(),
+        socket: d.cfg.layout.daemon_socket().display().to_string(),
+        helper_socket: d.cfg.layout.helper_socket().display().to_string(),
+        vms_running: vms
+            .iter()
+            .filter(|v| v.state == VmState::Running.as_str())
+            .count(),
+    }))
+}
+
+async fn list_vms(State(d): State<Shared>) -> Res<Vec<banger_api::VmInfo>> {
+    let vms = d.store.list_vms().map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(vms.iter().map(|r| vm::info(&d, r)).collect()))
+}
+
+async fn create_vm(
+    State(d): State<Shared>,
+    Extension(op): Extension<OpId>,
+    Json(req): Json<CreateVmRequest>,
+) -> Result<Response, Fail> {
+    let info = vm::create(d, op.0, req).await?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(info)).into_response())
+}
+
+async fn show_vm(State(d): State<Shared>, Path(name): Path<String>) -> Res<banger_api::VmInfo> {
+    let rec = vm::find(&d, &name)?;
+    Ok(Json(vm::info(&d, &rec)))
+}
+
+async fn start_vm(State(d): State<Shared>, Path(name): Path<String>) -> Res<banger_api::VmInfo> {
+    Ok(Json(vm::start(d, name).await?))
+}
+
+async fn stop_vm(State(d): State<Shared>, Path(name): Path<String>) -> Res<banger_api::VmInfo> {
+    Ok(Json(vm::stop(d, name).await?))
+}
+
+async fn restart_vm(State(d): State<Shared>, Path(name): Path<String>) -> Res<banger_api::VmInfo> {
+    Ok(Json(vm::restart(d, name).await?))
+}
+
+async fn kill_vm(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Json(req): Json<KillRequest>,
+) -> Res<banger_api::VmInfo> {
+    Ok(Json(vm::kill(d, name, req.signal).await?))
+}
+
+async fn delete_vm(State(d): State<Shared>, Path(name): Path<String>) -> Res<banger_api::VmInfo> {
+    Ok(Json(vm::delete(d, name).await?))
+}
+
+async fn prune_vms(State(d): State<Shared>) -> Res<PruneResult> {
+    Ok(Json(PruneResult {
+        deleted: vm::prune(d).await?,
+    }))
+}
+
+async fn exec_vm(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Json(req): Json<ExecRequest>,
+) -> Result<Response, Fail> {
+    let rx = vm::exec(d, name, req).await?;
+    Ok(Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson_body(rx))
+        .expect("static response parts"))
+}
+
+async fn list_ops(State(d): State<Shared>) -> Res<Vec<banger_api::OperationInfo>> {
+    Ok(Json(d.ops.list()))
+}
+
+async fn get_op(State(d): State<Shared>, Path(id): Path<String>) -> Res<banger_api::OperationInfo> {
+    d.ops
+        .get(&id)
+        .map(Json)
+        .ok_or_else(|| Fail(ApiError::not_found(format!("operation {id:?} not found"))))
+}
+
+async fn list_images(State(d): State<Shared>) -> Res<Vec<banger_api::ImageInfo>> {
+    Ok(Json(images::list(&d)?))
+}
+
+async fn build_image(
+    State(d): State<Shared>,
+    Extension(op): Extension<OpId>,
+    Json(req): Json<BuildImageRequest>,
+) -> Result<Response, Fail> {
+    let name = req
+        .name
+        .unwrap_or_else(|| banger_image::DEFAULT_IMAGE.to_string());
+    let info = images::build(d, op.0, name, req.force).await?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(info)).into_response())
+}
+
+async fn run_doctor(State(d): State<Shared>) -> Res<banger_api::DoctorReport> {
+    Ok(Json(doctor::report(&d).await))
+}

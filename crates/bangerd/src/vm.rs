@@ -1,0 +1,653 @@
+//! The VM lifecycle: create, start, stop, restart, kill, delete, prune,
+//! exec, and reconcile at daemon start.
+//!
+//! Every change to one VM runs under that VM's lock. Work that starts or
+//! stops a VMM runs in a spawned task, so a client that hangs up mid-way
+//! never leaves a half-started VM: the task finishes (or undoes) its work.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use banger_agent_proto::client::AgentClient;
+use banger_api::{
+    validate_vm_name, ApiError, CreateVmRequest, ExecEvent, ExecRequest, OperationInfo, VmInfo,
+    VmSpec, VmState,
+};
+use banger_store::VmRecord;
+use banger_vmm::qemu::{GuestIdentity, QemuConfig};
+use tokio::sync::mpsc;
+
+use crate::daemon::Shared;
+use crate::handles::{self, Handles};
+use crate::ops::OpHandle;
+use crate::{images, now_unix};
+
+/// Agent dial/answer timeout when stopping: a healthy guest answers in
+/// milliseconds; a broken one must not hold up the stop.
+const STOP_AGENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn failed(stage: &str) -> impl Fn(String) -> ApiError + '_ {
+    move |e| ApiError::failed(format!("{stage}: {e}"))
+}
+
+fn store_err(e: banger_store::StoreError) -> ApiError {
+    match e {
+        banger_store::StoreError::AlreadyExists { .. } => {
+            ApiError::new(banger_api::ErrorCode::AlreadyExists, e.to_string())
+        }
+        other => ApiError::internal(format!("state database: {other}")),
+    }
+}
+
+fn vm_dir(d: &Shared, rec: &VmRecord) -> PathBuf {
+    d.cfg.layout.vm_dir(&rec.id)
+}
+
+fn run_dir(d: &Shared, rec: &VmRecord) -> PathBuf {
+    d.cfg.layout.vm_runtime_dir(&rec.id)
+}
+
+pub fn find(d: &Shared, name: &str) -> Result<VmRecord, ApiError> {
+    validate_vm_name(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    d.store
+        .vm_by_name(name)
+        .map_err(store_err)?
+        .ok_or_else(|| ApiError::not_found(format!("vm {name:?} not found (see `banger vm list`)")))
+}
+
+/// The API view of a VM: its row plus, while running, its runtime handles.
+pub fn info(d: &Shared, rec: &VmRecord) -> VmInfo {
+    let state = VmState::parse(&rec.state).unwrap_or(VmState::Error);
+    let h = if state == VmState::Running || state == VmState::Creating {
+        handles::load(&vm_dir(d, rec))
+    } else {
+        Handles::default()
+    };
+    VmInfo {
+        id: rec.id.clone(),
+        name: rec.name.clone(),
+        state,
+        error: rec.error.clone(),
+        image: rec.image.clone(),
+        spec: VmSpec {
+            vcpus: rec.vcpus,
+            memory_mib: rec.memory_mib,
+            work_disk_mib: rec.work_disk_mib,
+        },
+        ip: rec.ip.clone(),
+        mac: rec.mac.clone(),
+        tap: h.tap,
+        pid: h.pid,
+        vmm: rec.vmm.clone(),
+        accel: h.accel,
+        accel_reason: h.accel_reason,
+        created_at: rec.created_at,
+        started_at: rec.started_at,
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Validates a create request, reserves the name and an address, and starts
+/// the create operation. Bad input fails here, before anything exists.
+pub async fn create(d: Shared, op_id: String, req: CreateVmRequest) -> Result<OperationInfo, ApiError> {
+    let name = match req.name.as_deref() {
+        Some(n) if !n.is_empty() => {
+            validate_vm_name(n).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            n.to_string()
+        }
+        _ => format!("vm-{}", random_hex(3)),
+    };
+    let spec = VmSpec {
+        vcpus: req.vcpus.unwrap_or(VmSpec::DEFAULT.vcpus),
+        memory_mib: req.memory_mib.unwrap_or(VmSpec::DEFAULT.memory_mib),
+        work_disk_mib: req.work_disk_mib.unwrap_or(VmSpec::DEFAULT.work_disk_mib),
+    };
+    spec.validate().map_err(ApiError::bad_request)?;
+    let image = req
+        .image
+        .clone()
+        .unwrap_or_else(|| banger_image::DEFAULT_IMAGE.to_string());
+    images::validate_image_name(&image)?;
+
+    let rec = {
+        let _g = d.reserve_lock.lock().await;
+        if d.store.vm_by_name(&name).map_err(store_err)?.is_some() {
+            return Err(ApiError::new(
+                banger_api::ErrorCode::AlreadyExists,
+                format!("vm {name:?} already exists"),
+            ));
+        }
+        let used: Vec<std::net::Ipv4Addr> = d
+            .store
+            .used_ips()
+            .map_err(store_err)?
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let subnet = banger_net::Subnet::new(d.cfg.gateway, d.cfg.prefix);
+        let ip = banger_net::allocate_ip(subnet, &used).ok_or_else(|| {
+            ApiError::failed(format!(
+                "no free address left in {}/{}; delete some VMs",
+                d.cfg.gateway, d.cfg.prefix
+            ))
+        })?;
+        let rec = VmRecord {
+            id: random_hex(6),
+            name: name.clone(),
+            state: VmState::Creating.as_str().into(),
+            error: None,
+            image,
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            work_disk_mib: spec.work_disk_mib,
+            ip: ip.to_string(),
+            mac: banger_net::mac_for_ip(ip),
+            vmm: "qemu".into(),
+            created_at: now_unix(),
+            started_at: None,
+        };
+        d.store.insert_vm(&rec).map_err(store_err)?;
+        rec
+    };
+
+    let op = d.ops.start(&op_id, "vm.create", &name, "reserve");
+    let info = d.ops.get(&op_id).expect("just registered");
+    let lock = d.vm_lock(&rec.id);
+    tokio::spawn(async move {
+        let _g = lock.lock().await;
+        let result = run_create(&d, &op, &rec).await;
+        match result {
+            Ok(vm) => op.finish(Ok(Some(vm))),
+            Err(e) => {
+                tracing::warn!(op_id = op.id(), vm = %rec.name, error = %e.message, "vm create failed; undoing");
+                undo_create(&d, &rec).await;
+                op.finish(Err(e));
+            }
+        }
+    });
+    Ok(info)
+}
+
+async fn run_create(d: &Shared, op: &OpHandle, rec: &VmRecord) -> Result<VmInfo, ApiError> {
+    op.stage("image");
+    let img = images::ensure(d, &rec.image, Some(op)).await?;
+    op.stage("disks");
+    let dir = vm_dir(d, rec);
+    let work_mib = rec.work_disk_mib;
+    tokio::task::spawn_blocking(move || prepare_disks(&dir, &img, work_mib))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(failed("prepare disks"))?;
+    boot(d, rec, Some(op)).await?;
+    let mut rec = rec.clone();
+    rec.state = VmState::Running.as_str().into();
+    rec.started_at = Some(now_unix());
+    d.store.update_vm(&rec).map_err(store_err)?;
+    Ok(info(d, &rec))
+}
+
+/// Undoes a failed create: VMM, tap, files and the row itself.
+async fn undo_create(d: &Shared, rec: &VmRecord) {
+    cleanup_runtime(d, rec).await;
+    let _ = std::fs::remove_dir_all(vm_dir(d, rec));
+    if let Err(e) = d.store.delete_vm(&rec.id) {
+        tracing::error!(vm = %rec.name, error = %e, "could not remove the row of a failed create");
+    }
+    d.forget_vm_lock(&rec.id);
+}
+
+/// The VM's copy-on-write root over the golden image, and a fresh work
+/// disk seeded from the image's /root.
+fn prepare_disks(dir: &std::path::Path, img: &images::Image, work_mib: u64) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("create {}: {e}", dir.display()))?;
+    banger_vmm::qemu::create_overlay(
+        std::path::Path::new("qemu-img"),
+        &img.manifest.rootfs_path(&img.dir),
+        &dir.join("root.qcow2"),
+    )
+    .map_err(|e| e.to_string())?;
+    banger_image::ext4::pack_dir(
+        &img.manifest.work_seed_path(&img.dir),
+        &dir.join("work.ext4"),
+        work_mib,
+        "banger-work",
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Network, VMM and boot-to-agent for a VM whose disks exist. On error the
+/// caller cleans up with [`cleanup_runtime`].
+async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), ApiError> {
+    let stage = |s: &str| {
+        if let Some(op) = op {
+            op.stage(s)
+        }
+    };
+    let img = images::get(d, &rec.image)?;
+    let dir = vm_dir(d, rec);
+    for disk in ["root.qcow2", "work.ext4"] {
+        if !dir.join(disk).exists() {
+            return Err(ApiError::failed(format!(
+                "disk {} of vm {:?} is missing; delete and recreate the vm",
+                dir.join(disk).display(),
+                rec.name
+            )));
+        }
+    }
+    let probe = d.accel().await;
+    let op_id = op.map(|o| o.id().to_string()).unwrap_or_default();
+
+    stage("network");
+    let tap = banger_net::tap_name_for(&rec.id);
+    let mut h = Handles {
+        tap: Some(tap.clone()),
+        accel: Some(probe.accel.as_str().into()),
+        accel_reason: Some(probe.reason.clone()),
+        ..Handles::default()
+    };
+    handles::save(&dir, &h).map_err(|e| ApiError::internal(format!("save handles: {e}")))?;
+    d.helper
+        .ensure_bridge(&op_id, &d.cfg.bridge, d.cfg.gateway, d.cfg.prefix)
+        .await
+        .map_err(|e| ApiError::failed(format!("bridge {}: {e}", d.cfg.bridge)))?;
+    d.helper
+        .create_tap(&op_id, &tap, &d.cfg.bridge)
+        .await
+        .map_err(|e| ApiError::failed(format!("tap {tap}: {e}")))?;
+
+    stage("vmm");
+    let run = run_dir(d, rec);
+    let _ = std::fs::remove_dir_all(&run);
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&run)
+            .map_err(|e| ApiError::internal(format!("create {}: {e}", run.display())))?;
+    }
+    let ip: std::net::Ipv4Addr = rec
+        .ip
+        .parse()
+        .map_err(|_| ApiError::internal(format!("bad ip {:?} in state", rec.ip)))?;
+    let cfg = QemuConfig {
+        vm_id: rec.id.clone(),
+        accel: probe.accel,
+        vcpus: rec.vcpus,
+        memory_mib: rec.memory_mib,
+        kernel: img.manifest.kernel_path(&img.dir),
+        initrd: img.manifest.initrd_path(&img.dir),
+        cmdline: banger_vmm::qemu::kernel_cmdline(&GuestIdentity {
+            hostname: rec.name.clone(),
+            ip,
+            prefix: d.cfg.prefix,
+            gateway: d.cfg.gateway,
+            dns: None,
+        }),
+        root_disk: dir.join("root.qcow2"),
+        work_disk: dir.join("work.ext4"),
+        tap: tap.clone(),
+        mac: rec.mac.clone(),
+        agent_socket: run.join("agent.sock"),
+        qmp_socket: run.join("qmp.sock"),
+        pidfile: run.join("qemu.pid"),
+        console_log: dir.join("console.log"),
+    };
+    let pid = d
+        .helper
+        .launch_qemu(&op_id, &cfg)
+        .await
+        .map_err(|e| ApiError::failed(format!("start qemu: {e}")))?;
+    h.pid = Some(pid);
+    handles::save(&dir, &h).map_err(|e| ApiError::internal(format!("save handles: {e}")))?;
+
+    stage("boot");
+    let deadline = tokio::time::Instant::now() + d.cfg.boot_timeout;
+    let ready = banger_agent_proto::client::wait_ready(&cfg.agent_socket, deadline);
+    let (client, pong) = tokio::select! {
+        r = ready => r.map_err(|e| boot_failure(d, rec, &format!("{e}")))?,
+        _ = watch_exit(pid) => return Err(boot_failure(d, rec, "the VMM exited during boot")),
+    };
+    d.put_agent(&rec.id, Arc::new(client));
+    h.boot_id = Some(pong.boot_id);
+    handles::save(&dir, &h).map_err(|e| ApiError::internal(format!("save handles: {e}")))?;
+    Ok(())
+}
+
+/// Resolves when `pid` is gone.
+async fn watch_exit(pid: u32) {
+    while banger_vmm::proc::is_alive(pid) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A boot error that carries the end of the guest console, which is where
+/// the reason usually is.
+fn boot_failure(d: &Shared, rec: &VmRecord, what: &str) -> ApiError {
+    let log = vm_dir(d, rec).join("console.log");
+    let tail = std::fs::read_to_string(&log)
+        .map(|s| {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        })
+        .unwrap_or_default();
+    ApiError::failed(format!(
+        "guest did not become ready: {what}\nlast console lines ({}):\n{tail}",
+        log.display()
+    ))
+}
+
+/// Stops the VMM if it runs and releases the tap and runtime files.
+/// Idempotent; every step is attempted even if an earlier one fails.
+async fn cleanup_runtime(d: &Shared, rec: &VmRecord) {
+    let dir = vm_dir(d, rec);
+    let h = handles::load(&dir);
+    d.drop_agent(&rec.id);
+    if let Some(pid) = h.pid {
+        if banger_vmm::proc::is_alive(pid) {
+            if let Err(e) = d.helper.kill_vmm("", &rec.id, pid).await {
+                tracing::warn!(vm = %rec.name, pid, error = %e, "kill vmm");
+            }
+            let t = Instant::now();
+            while banger_vmm::proc::is_alive(pid) && t.elapsed() < Duration::from_secs(5) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    if let Some(tap) = h.tap {
+        if let Err(e) = d.helper.delete_tap("", &tap).await {
+            tracing::warn!(vm = %rec.name, tap, error = %e, "delete tap");
+        }
+    }
+    let _ = std::fs::remove_dir_all(run_dir(d, rec));
+    handles::clear(&dir);
+}
+
+fn set_state(d: &Shared, rec: &mut VmRecord, state: VmState, error: Option<String>) -> Result<(), ApiError> {
+    rec.state = state.as_str().into();
+    rec.error = error;
+    if state == VmState::Running {
+        rec.started_at = Some(now_unix());
+    }
+    d.store.update_vm(rec).map_err(store_err)
+}
+
+fn is_running(d: &Shared, rec: &VmRecord) -> bool {
+    rec.state == VmState::Running.as_str()
+        && handles::load(&vm_dir(d, rec))
+            .pid
+            .is_some_and(|pid| banger_vmm::proc::is_vmm_for(pid, &run_dir(d, rec).join("qemu.pid")))
+}
+
+/// Starts a stopped VM with the disks it already has.
+pub async fn start(d: Shared, name: String) -> Result<VmInfo, ApiError> {
+    let rec = find(&d, &name)?;
+    let lock = d.vm_lock(&rec.id);
+    spawn_detached(async move {
+        let _g = lock.lock().await;
+        let mut rec = find(&d, &name)?;
+        if is_running(&d, &rec) {
+            return Err(ApiError::conflict(format!("vm {name:?} is already running")));
+        }
+        if rec.state == VmState::Creating.as_str() {
+            return Err(ApiError::conflict(format!("vm {name:?} is still being created")));
+        }
+        if let Err(e) = boot(&d, &rec, None).await {
+            cleanup_runtime(&d, &rec).await;
+            set_state(&d, &mut rec, VmState::Error, Some(e.message.clone()))?;
+            return Err(e);
+        }
+        set_state(&d, &mut rec, VmState::Running, None)?;
+        Ok(info(&d, &rec))
+    })
+    .await
+}
+
+/// Runs `fut` in its own task: the work completes even if the client that
+/// asked for it disconnects.
+async fn spawn_detached<T: Send + 'static>(
+    fut: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(fut)
+        .await
+        .map_err(|e| ApiError::internal(format!("task failed: {e}")))?
+}
+
+/// sync + poweroff through the agent, then kill the VMM at once: sync has
+/// flushed the guest's disks, so there is nothing to wait for.
+async fn stop_locked(d: &Shared, rec: &mut VmRecord) -> Result<(), ApiError> {
+    if let Ok(agent) = agent_for(d, rec, STOP_AGENT_TIMEOUT).await {
+        match agent.sync(STOP_AGENT_TIMEOUT).await {
+            Ok(()) => {
+                let _ = agent.poweroff(STOP_AGENT_TIMEOUT).await;
+            }
+            Err(e) => tracing::warn!(vm = %rec.name, error = %e, "guest sync failed; killing anyway"),
+        }
+    }
+    cleanup_runtime(d, rec).await;
+    set_state(d, rec, VmState::Stopped, None)
+}
+
+pub async fn stop(d: Shared, name: String) -> Result<VmInfo, ApiError> {
+    let rec = find(&d, &name)?;
+    let lock = d.vm_lock(&rec.id);
+    spawn_detached(async move {
+        let _g = lock.lock().await;
+        let mut rec = find(&d, &name)?;
+        if rec.state == VmState::Stopped.as_str() {
+            return Ok(info(&d, &rec));
+        }
+        stop_locked(&d, &mut rec).await?;
+        Ok(info(&d, &rec))
+    })
+    .await
+}
+
+/// A real reboot: the VMM stops and a new one boots the same disks, so the
+/// guest gets a new boot id.
+pub async fn restart(d: Shared, name: String) -> Result<VmInfo, ApiError> {
+    let rec = find(&d, &name)?;
+    let lock = d.vm_lock(&rec.id);
+    spawn_detached(async move {
+        let _g = lock.lock().await;
+        let mut rec = find(&d, &name)?;
+        if !is_running(&d, &rec) {
+            return Err(ApiError::conflict(format!(
+                "vm {name:?} is not running; use `banger vm start {name}`"
+            )));
+        }
+        stop_locked(&d, &mut rec).await?;
+        if let Err(e) = boot(&d, &rec, None).await {
+            cleanup_runtime(&d, &rec).await;
+            set_state(&d, &mut rec, VmState::Error, Some(e.message.clone()))?;
+            return Err(e);
+        }
+        set_state(&d, &mut rec, VmState::Running, None)?;
+        Ok(info(&d, &rec))
+    })
+    .await
+}
+
+/// Sends `signal` to the VMM; the VM ends up stopped, its disks kept.
+pub async fn kill(d: Shared, name: String, signal: String) -> Result<VmInfo, ApiError> {
+    let rec = find(&d, &name)?;
+    let lock = d.vm_lock(&rec.id);
+    spawn_detached(async move {
+        let _g = lock.lock().await;
+        let mut rec = find(&d, &name)?;
+        let h = handles::load(&vm_dir(&d, &rec));
+        let Some(pid) = h.pid.filter(|_| is_running(&d, &rec)) else {
+            return Err(ApiError::conflict(format!("vm {name:?} is not running")));
+        };
+        d.helper
+            .signal_vmm("", &rec.id, pid, &signal)
+            .await
+            .map_err(|e| ApiError::failed(format!("signal {signal}: {e}")))?;
+        let t = Instant::now();
+        while banger_vmm::proc::is_alive(pid) && t.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if banger_vmm::proc::is_alive(pid) {
+            // The signal did not end the VMM (e.g. HUP); it keeps running.
+            return Ok(info(&d, &rec));
+        }
+        cleanup_runtime(&d, &rec).await;
+        set_state(&d, &mut rec, VmState::Stopped, None)?;
+        Ok(info(&d, &rec))
+    })
+    .await
+}
+
+async fn delete_locked(d: &Shared, rec: &VmRecord) -> Result<(), ApiError> {
+    cleanup_runtime(d, rec).await;
+    let dir = vm_dir(d, rec);
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(ApiError::failed(format!("remove {}: {e}", dir.display())));
+        }
+    }
+    d.store.delete_vm(&rec.id).map_err(store_err)?;
+    d.forget_vm_lock(&rec.id);
+    Ok(())
+}
+
+/// Deletes a VM: its VMM (killed if running), tap, disks and row.
+pub async fn delete(d: Shared, name: String) -> Result<VmInfo, ApiError> {
+    let rec = find(&d, &name)?;
+    let lock = d.vm_lock(&rec.id);
+    spawn_detached(async move {
+        let _g = lock.lock().await;
+        let rec = find(&d, &name)?;
+        if rec.state == VmState::Creating.as_str() {
+            return Err(ApiError::conflict(format!("vm {name:?} is still being created")));
+        }
+        let shown = info(&d, &rec);
+        delete_locked(&d, &rec).await?;
+        Ok(shown)
+    })
+    .await
+}
+
+/// Deletes every VM that is not running.
+pub async fn prune(d: Shared) -> Result<Vec<String>, ApiError> {
+    spawn_detached(async move {
+        let mut deleted = Vec::new();
+        for rec in d.store.list_vms().map_err(store_err)? {
+            let lock = d.vm_lock(&rec.id);
+            let _g = lock.lock().await;
+            let Some(rec) = d.store.vm_by_name(&rec.name).map_err(store_err)? else {
+                continue;
+            };
+            if rec.state == VmState::Creating.as_str() || is_running(&d, &rec) {
+                continue;
+            }
+            delete_locked(&d, &rec).await?;
+            deleted.push(rec.name.clone());
+        }
+        Ok(deleted)
+    })
+    .await
+}
+
+/// The VM's agent connection: cached, or dialled and pinged within `timeout`.
+async fn agent_for(d: &Shared, rec: &VmRecord, timeout: Duration) -> Result<Arc<AgentClient>, ApiError> {
+    if let Some(c) = d.cached_agent(&rec.id) {
+        return Ok(c);
+    }
+    let sock = run_dir(d, rec).join("agent.sock");
+    let (client, _pong) = banger_agent_proto::client::wait_ready(&sock, tokio::time::Instant::now() + timeout)
+        .await
+        .map_err(|e| ApiError::failed(format!("guest agent of vm {:?} does not answer: {e}", rec.name)))?;
+    let client = Arc::new(client);
+    d.put_agent(&rec.id, client.clone());
+    Ok(client)
+}
+
+/// Runs a command in the guest; events arrive on the returned channel and
+/// end with exactly one Exit or Error.
+pub async fn exec(d: Shared, name: String, req: ExecRequest) -> Result<mpsc::Receiver<ExecEvent>, ApiError> {
+    if req.argv.is_empty() {
+        return Err(ApiError::bad_request("exec needs a command"));
+    }
+    let rec = find(&d, &name)?;
+    if !is_running(&d, &rec) {
+        return Err(ApiError::conflict(format!(
+            "vm {name:?} is not running; start it with `banger vm start {name}`"
+        )));
+    }
+    let agent = agent_for(&d, &rec, Duration::from_secs(10)).await?;
+    let mut stream = agent
+        .exec(req.argv.clone(), req.env.clone(), req.cwd.clone())
+        .await
+        .map_err(|e| ApiError::failed(format!("exec in vm {name:?}: {e}")))?;
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        use banger_agent_proto::client::ExecEvent as Ev;
+        loop {
+            let ev = match stream.next_event().await {
+                Ok(Some(Ev::Stdout(b))) => ExecEvent::stdout(&b),
+                Ok(Some(Ev::Stderr(b))) => ExecEvent::stderr(&b),
+                Ok(Some(Ev::Exit(code))) => ExecEvent::Exit { code },
+                Err(e) => ExecEvent::Error {
+                    error: ApiError::failed(format!("exec: {e}")),
+                },
+                Ok(None) => ExecEvent::Error {
+                    error: ApiError::failed("exec stream ended without an exit code"),
+                },
+            };
+            let last = matches!(ev, ExecEvent::Exit { .. } | ExecEvent::Error { .. });
+            if tx.send(ev).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// At daemon start: re-adopt VMs whose VMM still runs, clean up the rest.
+pub async fn reconcile(d: &Shared) {
+    let vms = match d.store.list_vms() {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "reconcile: cannot list vms");
+            return;
+        }
+    };
+    for mut rec in vms {
+        let pidfile = run_dir(d, &rec).join("qemu.pid");
+        let h = handles::load(&vm_dir(d, &rec));
+        let alive = h
+            .pid
+            .is_some_and(|pid| banger_vmm::proc::is_vmm_for(pid, &pidfile));
+        match VmState::parse(&rec.state) {
+            Some(VmState::Running) if alive => {
+                tracing::info!(vm = %rec.name, pid = ?h.pid, "reconcile: re-adopted running vm");
+            }
+            Some(VmState::Creating) => {
+                tracing::warn!(vm = %rec.name, "reconcile: removing a vm whose create was interrupted");
+                undo_create(d, &rec).await;
+            }
+            _ => {
+                if h.pid.is_some() || h.tap.is_some() {
+                    tracing::warn!(vm = %rec.name, "reconcile: cleaning up a vm whose VMM is gone");
+                    cleanup_runtime(d, &rec).await;
+                }
+                if rec.state == VmState::Running.as_str() {
+                    let _ = set_state(d, &mut rec, VmState::Stopped, None);
+                }
+            }
+        }
+    }
+}

@@ -23,7 +23,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "T" => 1 << 40,
         _ => return Err(bad()),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 /// Like [`parse_size`], in whole MiB (rounded up).
@@ -71,7 +72,16 @@ mod tests {
         for (s, want) in cases {
             assert_eq!(parse_size(s), Ok(*want), "{s}");
         }
-        for bad in ["", "G", "4X", "-1G", "1.5G", "4GiBs", "abc", "99999999999999999999T"] {
+        for bad in [
+            "",
+            "G",
+            "4X",
+            "-1G",
+            "1.5G",
+            "4GiBs",
+            "abc",
+            "99999999999999999999T",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad:?} should fail");
         }
         assert!(parse_size("4X").unwrap_err().contains("512M"));

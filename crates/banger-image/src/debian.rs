@@ -44,6 +44,8 @@ pub const AGENT_UNIT: &str = "\
 Description=banger guest agent
 After=systemd-udevd.service local-fs.target
 Wants=systemd-udevd.service
+# Commands run in /root, the work disk: never answer before it is mounted.
+RequiresMountsFor=/root
 Before=network-online.target ssh.service
 
 [Service]
@@ -189,12 +191,16 @@ impl DebianBuild {
         let kernel_version = extract_kernel(&tree, dir)?;
         let seed = dir.join("work-seed");
         make_work_seed(&tree, &seed)?;
-        let bytes = ext4::tree_bytes(&tree).map_err(ImageError::io(format!("size {}", tree.display())))?;
+        let bytes =
+            ext4::tree_bytes(&tree).map_err(ImageError::io(format!("size {}", tree.display())))?;
         let size_mib = ext4::rootfs_size_mib(bytes);
-        progress(&format!("packing rootfs.ext4 ({size_mib} MiB, sparse) with mkfs.ext4 -d"));
+        progress(&format!(
+            "packing rootfs.ext4 ({size_mib} MiB, sparse) with mkfs.ext4 -d"
+        ));
         let rootfs = dir.join("rootfs.ext4");
         ext4::pack_dir(&tree, &rootfs, size_mib, "banger-root")?;
-        std::fs::remove_dir_all(&tree).map_err(ImageError::io(format!("remove {}", tree.display())))?;
+        std::fs::remove_dir_all(&tree)
+            .map_err(ImageError::io(format!("remove {}", tree.display())))?;
         let _ = std::fs::remove_dir_all(&hooks);
         let manifest = Manifest {
             name: name.to_string(),
@@ -222,7 +228,8 @@ fn now_unix() -> i64 {
 
 fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), ImageError> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(ImageError::io(format!("create {}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(ImageError::io(format!("create {}", parent.display())))?;
     }
     std::fs::write(path, data).map_err(ImageError::io(format!("write {}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -231,7 +238,8 @@ fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), ImageError> {
 
 fn link(target: &str, at: &Path) -> Result<(), ImageError> {
     if let Some(parent) = at.parent() {
-        std::fs::create_dir_all(parent).map_err(ImageError::io(format!("create {}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(ImageError::io(format!("create {}", parent.display())))?;
     }
     let _ = std::fs::remove_file(at);
     symlink(target, at).map_err(ImageError::io(format!("symlink {}", at.display())))
@@ -253,16 +261,26 @@ fn write_initramfs_config(hooks: &Path) -> Result<(), ImageError> {
 
 /// Installs the agent and banger's boot settings into a Debian root tree.
 pub fn customize_tree(tree: &Path, agent_bin: &Path) -> Result<(), ImageError> {
-    let agent = std::fs::read(agent_bin)
-        .map_err(ImageError::io(format!("read agent binary {}", agent_bin.display())))?;
+    let agent = std::fs::read(agent_bin).map_err(ImageError::io(format!(
+        "read agent binary {}",
+        agent_bin.display()
+    )))?;
     write(&tree.join("usr/local/bin/banger-agent"), &agent, 0o755)?;
     let units = tree.join("etc/systemd/system");
-    write(&units.join("banger-agent.service"), AGENT_UNIT.as_bytes(), 0o644)?;
+    write(
+        &units.join("banger-agent.service"),
+        AGENT_UNIT.as_bytes(),
+        0o644,
+    )?;
     link(
         "/etc/systemd/system/banger-agent.service",
         &units.join("multi-user.target.wants/banger-agent.service"),
     )?;
-    write(&units.join("banger-ssh-keygen.service"), SSH_KEYGEN_UNIT.as_bytes(), 0o644)?;
+    write(
+        &units.join("banger-ssh-keygen.service"),
+        SSH_KEYGEN_UNIT.as_bytes(),
+        0o644,
+    )?;
     link(
         "/etc/systemd/system/banger-ssh-keygen.service",
         &units.join("multi-user.target.wants/banger-ssh-keygen.service"),
@@ -270,10 +288,12 @@ pub fn customize_tree(tree: &Path, agent_bin: &Path) -> Result<(), ImageError> {
     for unit in MASKED_UNITS {
         link("/dev/null", &units.join(unit))?;
     }
-    // The work disk holds /root; `nofail` so a VM without one still boots.
+    // The work disk holds /root. Not `nofail`: local-fs.target (and so the
+    // agent) must wait for it, or a write to /root could land on the root
+    // disk and vanish under the mount.
     write(
         &tree.join("etc/fstab"),
-        b"# written by banger\n/dev/vda / ext4 defaults 0 0\n/dev/vdb /root ext4 defaults,nofail 0 0\n",
+        b"# written by banger\n/dev/vda / ext4 defaults 0 0\n/dev/vdb /root ext4 defaults,x-systemd.device-timeout=30s 0 0\n",
         0o644,
     )?;
     // Each VM generates its own machine-id and SSH host keys at first boot.
@@ -314,10 +334,20 @@ pub fn extract_kernel(tree: &Path, dest: &Path) -> Result<String, ImageError> {
     let copy = |from: PathBuf, to: PathBuf| -> Result<(), ImageError> {
         std::fs::copy(&from, &to)
             .map(|_| ())
-            .map_err(ImageError::io(format!("copy {} to {}", from.display(), to.display())))
+            .map_err(ImageError::io(format!(
+                "copy {} to {}",
+                from.display(),
+                to.display()
+            )))
     };
-    copy(boot.join(format!("vmlinuz-{version}")), dest.join("vmlinuz"))?;
-    copy(boot.join(format!("initrd.img-{version}")), dest.join("initrd.img"))?;
+    copy(
+        boot.join(format!("vmlinuz-{version}")),
+        dest.join("vmlinuz"),
+    )?;
+    copy(
+        boot.join(format!("initrd.img-{version}")),
+        dest.join("initrd.img"),
+    )?;
     Ok(version)
 }
 
@@ -350,8 +380,10 @@ fn replace_dir(tmp: &Path, dest: &Path) -> Result<(), ImageError> {
             dest.file_name().unwrap_or_default().to_string_lossy(),
             std::process::id()
         ));
-        std::fs::rename(dest, &old).map_err(ImageError::io(format!("move aside {}", dest.display())))?;
-        std::fs::rename(tmp, dest).map_err(ImageError::io(format!("rename to {}", dest.display())))?;
+        std::fs::rename(dest, &old)
+            .map_err(ImageError::io(format!("move aside {}", dest.display())))?;
+        std::fs::rename(tmp, dest)
+            .map_err(ImageError::io(format!("rename to {}", dest.display())))?;
         let _ = std::fs::remove_dir_all(&old);
         return Ok(());
     }

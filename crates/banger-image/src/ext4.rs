@@ -14,7 +14,8 @@ pub fn pack_dir(src_dir: &Path, out: &Path, size_mib: u64, label: &str) -> Resul
         )));
     }
     let _ = std::fs::remove_file(out);
-    let file = std::fs::File::create(out).map_err(ImageError::io(format!("create {}", out.display())))?;
+    let file =
+        std::fs::File::create(out).map_err(ImageError::io(format!("create {}", out.display())))?;
     file.set_len(size_mib * 1024 * 1024)
         .map_err(ImageError::io(format!("size {}", out.display())))?;
     drop(file);
@@ -86,7 +87,12 @@ mod tests {
         let meta = std::fs::metadata(&img).unwrap();
         assert_eq!(meta.len(), 64 * 1024 * 1024);
         assert!(meta.blocks() * 512 < meta.len(), "image should be sparse");
-        let out = tool::run(Command::new("debugfs").args(["-R", "cat /etc/hello"]).arg(&img)).unwrap();
+        let out = tool::run(
+            Command::new("debugfs")
+                .args(["-R", "cat /etc/hello"])
+                .arg(&img),
+        )
+        .unwrap();
         assert_eq!(out, "world\n");
     }
 

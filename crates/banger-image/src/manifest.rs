@@ -29,7 +29,8 @@ pub struct Manifest {
 impl Manifest {
     pub fn load(dir: &Path) -> Result<Manifest, ImageError> {
         let path = dir.join(MANIFEST_FILE);
-        let data = std::fs::read(&path).map_err(ImageError::io(format!("read {}", path.display())))?;
+        let data =
+            std::fs::read(&path).map_err(ImageError::io(format!("read {}", path.display())))?;
         serde_json::from_slice(&data).map_err(|source| ImageError::Manifest {
             path: path.display().to_string(),
             source,
@@ -64,7 +65,11 @@ impl Manifest {
 
     /// Checks that every file the manifest names exists.
     pub fn check_complete(&self, dir: &Path) -> Result<(), ImageError> {
-        let mut want = vec![self.rootfs_path(dir), self.kernel_path(dir), self.work_seed_path(dir)];
+        let mut want = vec![
+            self.rootfs_path(dir),
+            self.kernel_path(dir),
+            self.work_seed_path(dir),
+        ];
         want.extend(self.initrd_path(dir));
         for p in want {
             if !p.exists() {

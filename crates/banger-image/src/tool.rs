@@ -96,7 +96,10 @@ mod tests {
     fn failure_keeps_status_and_stderr() {
         let err = run(Command::new("sh").args(["-c", "echo boom >&2; exit 3"])).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("sh failed") && msg.contains("boom") && msg.contains('3'), "{msg}");
+        assert!(
+            msg.contains("sh failed") && msg.contains("boom") && msg.contains('3'),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -26,7 +26,11 @@ pub struct Layout {
 impl Layout {
     /// Resolves the three roots from the environment of this process.
     pub fn from_env() -> Layout {
-        Self::from_lookup(|k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from))
+        Self::from_lookup(|k| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
     }
 
     /// Resolves the roots with an injected environment (for tests).
@@ -134,7 +138,10 @@ mod tests {
         assert_eq!(l.state_dir, PathBuf::from("/b/state"));
         assert_eq!(l.runtime_dir, PathBuf::from("/run/user/1000/banger"));
         assert_eq!(l.cache_dir, PathBuf::from("/home/u/.cache/banger"));
-        assert_eq!(l.daemon_socket(), PathBuf::from("/run/user/1000/banger/bangerd.sock"));
+        assert_eq!(
+            l.daemon_socket(),
+            PathBuf::from("/run/user/1000/banger/bangerd.sock")
+        );
     }
 
     #[test]
@@ -142,7 +149,10 @@ mod tests {
         let l = layout(&[("HOME", "/home/u")]);
         assert_eq!(l.state_dir, PathBuf::from("/home/u/.local/state/banger"));
         assert!(l.runtime_dir.starts_with("/tmp"));
-        assert_eq!(l.vm_dir("abc"), PathBuf::from("/home/u/.local/state/banger/vms/abc"));
+        assert_eq!(
+            l.vm_dir("abc"),
+            PathBuf::from("/home/u/.local/state/banger/vms/abc")
+        );
     }
 
     #[test]

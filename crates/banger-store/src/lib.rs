@@ -50,9 +50,12 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
         migrations::migrate(&conn, path)?;
         Ok(Store {
             conn: Mutex::new(conn),
@@ -198,7 +201,10 @@ impl Store {
         Ok(self
             .conn()
             .query_row(
-                &format!("SELECT {} FROM images WHERE name = ?1", ImageRecord::COLUMNS),
+                &format!(
+                    "SELECT {} FROM images WHERE name = ?1",
+                    ImageRecord::COLUMNS
+                ),
                 [name],
                 ImageRecord::from_row,
             )
@@ -216,7 +222,10 @@ impl Store {
     }
 
     pub fn delete_image(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.conn().execute("DELETE FROM images WHERE name = ?1", [name])? > 0)
+        Ok(self
+            .conn()
+            .execute("DELETE FROM images WHERE name = ?1", [name])?
+            > 0)
     }
 
     /// Names of VMs built on `image` (an image in use cannot be deleted).

@@ -95,11 +95,19 @@ fn applied_ids(conn: &Connection) -> Result<Vec<u32>, rusqlite::Error> {
 }
 
 fn classify(applied: &[u32], known: &[u32]) -> SchemaState {
-    let unknown: Vec<u32> = applied.iter().copied().filter(|id| !known.contains(id)).collect();
+    let unknown: Vec<u32> = applied
+        .iter()
+        .copied()
+        .filter(|id| !known.contains(id))
+        .collect();
     if !unknown.is_empty() {
         return SchemaState::Incompatible { unknown };
     }
-    let pending: Vec<u32> = known.iter().copied().filter(|id| !applied.contains(id)).collect();
+    let pending: Vec<u32> = known
+        .iter()
+        .copied()
+        .filter(|id| !applied.contains(id))
+        .collect();
     if pending.is_empty() {
         SchemaState::Compatible
     } else {
@@ -180,7 +188,13 @@ mod tests {
     #[test]
     fn exit_codes_are_the_contract() {
         assert_eq!(SchemaState::Compatible.exit_code(), 0);
-        assert_eq!(SchemaState::MigrationsNeeded { pending: vec![1] }.exit_code(), 1);
-        assert_eq!(SchemaState::Incompatible { unknown: vec![9] }.exit_code(), 2);
+        assert_eq!(
+            SchemaState::MigrationsNeeded { pending: vec![1] }.exit_code(),
+            1
+        );
+        assert_eq!(
+            SchemaState::Incompatible { unknown: vec![9] }.exit_code(),
+            2
+        );
     }
 }

@@ -61,7 +61,10 @@ fn vm_crud_and_uniqueness() {
     let s = Store::open_in_memory().unwrap();
     s.insert_vm(&vm("a1", "box", "172.30.0.2")).unwrap();
     let dup = s.insert_vm(&vm("a2", "box", "172.30.0.3")).unwrap_err();
-    assert!(dup.to_string().contains("vm \"box\" already exists"), "{dup}");
+    assert!(
+        dup.to_string().contains("vm \"box\" already exists"),
+        "{dup}"
+    );
     let dup_ip = s.insert_vm(&vm("a3", "other", "172.30.0.2")).unwrap_err();
     assert!(dup_ip.to_string().contains("ip"), "{dup_ip}");
 
@@ -93,7 +96,10 @@ fn images_upsert_and_usage() {
     s.upsert_image(&img).unwrap();
     img.build_hash = "h2".into();
     s.upsert_image(&img).unwrap();
-    assert_eq!(s.image("debian-bookworm").unwrap().unwrap().build_hash, "h2");
+    assert_eq!(
+        s.image("debian-bookworm").unwrap().unwrap().build_hash,
+        "h2"
+    );
     assert_eq!(s.list_images().unwrap().len(), 1);
     s.insert_vm(&vm("a1", "box", "172.30.0.2")).unwrap();
     assert_eq!(s.vms_using_image("debian-bookworm").unwrap(), ["box"]);

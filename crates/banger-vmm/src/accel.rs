@@ -175,7 +175,11 @@ mod tests {
             Duration::from_secs(1),
         );
         assert_eq!(p.accel, Accel::Tcg);
-        assert!(p.reason.contains("/nonexistent/kvm does not exist"), "{}", p.reason);
+        assert!(
+            p.reason.contains("/nonexistent/kvm does not exist"),
+            "{}",
+            p.reason
+        );
     }
 
     /// Boots the probe sector for real under TCG, which works on any host

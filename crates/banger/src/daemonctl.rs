@@ -117,12 +117,14 @@ pub async fn start(layout: &Layout, quiet: bool) -> anyhow::Result<()> {
             .arg("--owner-gid")
             .arg(egid().to_string());
         spawn_background(cmd, &layout.helper_log(), &pidfile(layout, "helper"))?;
-        wait_for(&helper_sock, Duration::from_secs(10)).await.with_context(|| {
-            format!(
-                "banger-helper did not come up; see {}",
-                layout.helper_log().display()
-            )
-        })?;
+        wait_for(&helper_sock, Duration::from_secs(10))
+            .await
+            .with_context(|| {
+                format!(
+                    "banger-helper did not come up; see {}",
+                    layout.helper_log().display()
+                )
+            })?;
     }
 
     let bangerd = sibling("bangerd", "BANGERD_BIN");
@@ -200,7 +202,14 @@ pub async fn stop(layout: &Layout) -> anyhow::Result<()> {
         }
         let _ = std::fs::remove_file(&hp);
     }
-    println!("{}", if was_up { "bangerd stopped" } else { "bangerd was not running" });
+    println!(
+        "{}",
+        if was_up {
+            "bangerd stopped"
+        } else {
+            "bangerd was not running"
+        }
+    );
     Ok(())
 }
 

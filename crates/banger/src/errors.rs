@@ -35,7 +35,10 @@ mod tests {
     #[test]
     fn labels_and_op_ids() {
         let e = ApiError::not_found("vm \"x\" not found").with_op_id("op-12345678");
-        assert_eq!(describe_api(&e), "not found: vm \"x\" not found (op-12345678)");
+        assert_eq!(
+            describe_api(&e),
+            "not found: vm \"x\" not found (op-12345678)"
+        );
         let e = ApiError::new(ErrorCode::OperationFailed, "boot failed");
         assert_eq!(describe_api(&e), "boot failed");
         let e = ApiError::bad_request("--vcpu must be between 1 and 64, got 0");

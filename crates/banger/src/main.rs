@@ -47,6 +47,8 @@ enum Cmd {
     /// Start, stop and inspect the daemon (bangerd and the root helper).
     #[command(subcommand)]
     Daemon(DaemonCmd),
+    /// List VMs (same as `banger vm list`).
+    Ps(JsonFlag),
     /// Operations in flight or recently finished (vm create, image build).
     #[command(alias = "ops")]
     Operations(JsonFlag),
@@ -84,7 +86,10 @@ struct DoctorArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("banger: cannot start runtime: {e}");
@@ -109,11 +114,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Daemon(DaemonCmd::Start) => daemonctl::start(&layout, false).await.map(|_| 0),
         Cmd::Daemon(DaemonCmd::Stop) => daemonctl::stop(&layout).await.map(|_| 0),
-        Cmd::Daemon(DaemonCmd::Status(j)) => {
-            Ok(if daemonctl::status(&layout, j.json).await? { 0 } else { 1 })
-        }
+        Cmd::Daemon(DaemonCmd::Status(j)) => Ok(if daemonctl::status(&layout, j.json).await? {
+            0
+        } else {
+            1
+        }),
         Cmd::Doctor(a) => vmcmd::doctor(&layout, a.verbose, a.json).await,
         Cmd::Operations(j) => vmcmd::operations(&layout, j.json).await,
+        Cmd::Ps(j) => vmcmd::vm(&layout, vmcmd::VmCmd::List(j)).await,
         Cmd::Vm(c) => vmcmd::vm(&layout, c).await,
         Cmd::Image(c) => vmcmd::image(&layout, c).await,
     }

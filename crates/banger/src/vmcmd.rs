@@ -17,10 +17,14 @@ use crate::{daemonctl, style, table, JsonFlag};
 #[derive(Subcommand, Debug)]
 pub enum VmCmd {
     /// Create a VM and boot it; returns once the guest agent answers.
-    #[command(after_help = "Examples:\n  banger vm create --name box\n  banger vm create --vcpu 4 --memory 4G --disk 20G")]
+    #[command(
+        after_help = "Examples:\n  banger vm create --name box\n  banger vm create --vcpu 4 --memory 4G --disk 20G"
+    )]
     Create(CreateArgs),
     /// Create a VM, run a command in it, print its output and exit with its code.
-    #[command(after_help = "Examples:\n  banger vm run -- uname -a\n  banger vm run --rm -- sh -c 'echo out; exit 42'   # exits 42, leaves nothing")]
+    #[command(
+        after_help = "Examples:\n  banger vm run -- uname -a\n  banger vm run --rm -- sh -c 'echo out; exit 42'   # exits 42, leaves nothing"
+    )]
     Run(RunArgs),
     /// Start a stopped VM with the disks it kept.
     Start(NameArg),
@@ -161,12 +165,20 @@ fn create_request(s: &ShapeArgs) -> anyhow::Result<CreateVmRequest> {
     let memory_mib = s
         .memory
         .as_deref()
-        .map(|m| banger_api::parse_size_mib(m).map_err(anyhow::Error::msg).context("--memory"))
+        .map(|m| {
+            banger_api::parse_size_mib(m)
+                .map_err(anyhow::Error::msg)
+                .context("--memory")
+        })
         .transpose()?;
     let work_disk_mib = s
         .disk
         .as_deref()
-        .map(|m| banger_api::parse_size_mib(m).map_err(anyhow::Error::msg).context("--disk"))
+        .map(|m| {
+            banger_api::parse_size_mib(m)
+                .map_err(anyhow::Error::msg)
+                .context("--disk")
+        })
         .transpose()?;
     let req = CreateVmRequest {
         name: s.name.clone(),
@@ -240,12 +252,20 @@ async fn follow(c: &Client, op: OperationInfo, quiet: bool) -> anyhow::Result<Op
         if let Some(st) = cur.stages.iter().find(|s| s.name == "image-build") {
             eprintln!(
                 "{}",
-                style::dim(&format!("built the default image in {}", fmt_ms(st.elapsed_ms)))
+                style::dim(&format!(
+                    "built the default image in {}",
+                    fmt_ms(st.elapsed_ms)
+                ))
             );
         }
         eprintln!(
             "{}",
-            style::dim(&format!("{} {} ready in {}", cur.kind, cur.target, fmt_ms(cur.elapsed_ms)))
+            style::dim(&format!(
+                "{} {} ready in {}",
+                cur.kind,
+                cur.target,
+                fmt_ms(cur.elapsed_ms)
+            ))
         );
     }
     Ok(cur)
@@ -254,7 +274,8 @@ async fn follow(c: &Client, op: OperationInfo, quiet: bool) -> anyhow::Result<Op
 async fn create_vm(c: &Client, req: &CreateVmRequest, quiet: bool) -> anyhow::Result<VmInfo> {
     let op: OperationInfo = c.post("/vms", req).await?;
     let done = follow(c, op, quiet).await?;
-    done.vm.context("daemon reported no vm for a finished create")
+    done.vm
+        .context("daemon reported no vm for a finished create")
 }
 
 /// Streams an exec to stdout/stderr and returns the guest exit code.
@@ -306,7 +327,11 @@ fn print_vm(v: &VmInfo) {
     println!("ip        {}", v.ip);
     println!("mac       {}", v.mac);
     println!("tap       {}", dash(v.tap.clone()));
-    println!("vmm       {} (pid {})", v.vmm, dash(v.pid.map(|p| p.to_string())));
+    println!(
+        "vmm       {} (pid {})",
+        v.vmm,
+        dash(v.pid.map(|p| p.to_string()))
+    );
     match (&v.accel, &v.accel_reason) {
         (Some(a), Some(r)) => println!("accel     {a} ({r})"),
         (Some(a), None) => println!("accel     {a}"),
@@ -351,7 +376,10 @@ pub async fn vm(layout: &Layout, cmd: VmCmd) -> anyhow::Result<u8> {
             check(&a.name)?;
             let c = client(layout).await?;
             let v: VmInfo = c
-                .post(&format!("/vms/{}/kill", a.name), &KillRequest { signal: a.signal })
+                .post(
+                    &format!("/vms/{}/kill", a.name),
+                    &KillRequest { signal: a.signal },
+                )
                 .await?;
             if a.json {
                 print_json(&v)?;
@@ -376,7 +404,10 @@ pub async fn vm(layout: &Layout, cmd: VmCmd) -> anyhow::Result<u8> {
             let vms: Vec<VmInfo> = c.get("/vms").await?;
             let victims: Vec<&VmInfo> = vms
                 .iter()
-                .filter(|v| v.state != banger_api::VmState::Running && v.state != banger_api::VmState::Creating)
+                .filter(|v| {
+                    v.state != banger_api::VmState::Running
+                        && v.state != banger_api::VmState::Creating
+                })
                 .collect();
             if victims.is_empty() {
                 if a.json {
@@ -436,7 +467,10 @@ pub async fn vm(layout: &Layout, cmd: VmCmd) -> anyhow::Result<u8> {
                 .collect();
             print!(
                 "{}",
-                table::render(&["NAME", "STATE", "IP", "VCPU", "MEMORY", "IMAGE", "CREATED"], &rows)
+                table::render(
+                    &["NAME", "STATE", "IP", "VCPU", "MEMORY", "IMAGE", "CREATED"],
+                    &rows
+                )
             );
             Ok(0)
         }
@@ -550,7 +584,10 @@ pub async fn image(layout: &Layout, cmd: ImageCmd) -> anyhow::Result<u8> {
                     ]
                 })
                 .collect();
-            print!("{}", table::render(&["NAME", "SOURCE", "ROOTFS", "CREATED", "DIR"], &rows));
+            print!(
+                "{}",
+                table::render(&["NAME", "SOURCE", "ROOTFS", "CREATED", "DIR"], &rows)
+            );
             Ok(0)
         }
     }
@@ -581,7 +618,13 @@ pub async fn operations(layout: &Layout, json: bool) -> anyhow::Result<u8> {
             ]
         })
         .collect();
-    print!("{}", table::render(&["ID", "KIND", "TARGET", "STATE", "STAGE", "ELAPSED"], &rows));
+    print!(
+        "{}",
+        table::render(
+            &["ID", "KIND", "TARGET", "STATE", "STAGE", "ELAPSED"],
+            &rows
+        )
+    );
     Ok(0)
 }
 

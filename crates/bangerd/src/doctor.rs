@@ -35,12 +35,19 @@ pub async fn report(d: &Shared) -> DoctorReport {
         None => check(
             "qemu",
             CheckStatus::Fail,
-            format!("{} not found; install qemu-system-x86 (scripts/install-deps)", qemu.display()),
+            format!(
+                "{} not found; install qemu-system-x86 (scripts/install-deps)",
+                qemu.display()
+            ),
         ),
     });
     let probe = d.accel().await;
     checks.push(match probe.accel {
-        banger_vmm::Accel::Kvm => check("accelerator", CheckStatus::Pass, format!("kvm: {}", probe.reason)),
+        banger_vmm::Accel::Kvm => check(
+            "accelerator",
+            CheckStatus::Pass,
+            format!("kvm: {}", probe.reason),
+        ),
         banger_vmm::Accel::Tcg => check(
             "accelerator",
             CheckStatus::Warn,
@@ -60,26 +67,47 @@ pub async fn report(d: &Shared) -> DoctorReport {
     checks.push(if Path::new("/dev/net/tun").exists() {
         check("tun device", CheckStatus::Pass, "/dev/net/tun")
     } else {
-        check("tun device", CheckStatus::Fail, "/dev/net/tun missing; load the tun module (modprobe tun)")
+        check(
+            "tun device",
+            CheckStatus::Fail,
+            "/dev/net/tun missing; load the tun module (modprobe tun)",
+        )
     });
     checks.push(match d.helper.ping("").await {
-        Ok(v) => check("root helper", CheckStatus::Pass, format!("{} answers ({v})", d.cfg.layout.helper_socket().display())),
+        Ok(v) => check(
+            "root helper",
+            CheckStatus::Pass,
+            format!("{} answers ({v})", d.cfg.layout.helper_socket().display()),
+        ),
         Err(e) => check("root helper", CheckStatus::Fail, format!("{e}")),
     });
     checks.push(if d.cfg.agent_bin.exists() {
-        check("guest agent", CheckStatus::Pass, d.cfg.agent_bin.display().to_string())
+        check(
+            "guest agent",
+            CheckStatus::Pass,
+            d.cfg.agent_bin.display().to_string(),
+        )
     } else {
         check(
             "guest agent",
             CheckStatus::Fail,
-            format!("{} missing; run scripts/build or set BANGER_AGENT_BIN", d.cfg.agent_bin.display()),
+            format!(
+                "{} missing; run scripts/build or set BANGER_AGENT_BIN",
+                d.cfg.agent_bin.display()
+            ),
         )
     });
-    checks.push(match banger_store::inspect_schema(&d.cfg.layout.db_path()) {
-        Ok(s) if s.exit_code() == 2 => check("state database", CheckStatus::Fail, s.describe()),
-        Ok(s) => check("state database", CheckStatus::Pass, format!("{}: {}", d.cfg.layout.db_path().display(), s.describe())),
-        Err(e) => check("state database", CheckStatus::Fail, e.to_string()),
-    });
+    checks.push(
+        match banger_store::inspect_schema(&d.cfg.layout.db_path()) {
+            Ok(s) if s.exit_code() == 2 => check("state database", CheckStatus::Fail, s.describe()),
+            Ok(s) => check(
+                "state database",
+                CheckStatus::Pass,
+                format!("{}: {}", d.cfg.layout.db_path().display(), s.describe()),
+            ),
+            Err(e) => check("state database", CheckStatus::Fail, e.to_string()),
+        },
+    );
     checks.push(match crate::images::get(d, banger_image::DEFAULT_IMAGE) {
         Ok(img) => check("default image", CheckStatus::Pass, img.dir.display().to_string()),
         Err(_) => check(

@@ -37,7 +37,10 @@ pub fn load(vm_dir: &Path) -> Handles {
 
 pub fn save(vm_dir: &Path, h: &Handles) -> std::io::Result<()> {
     let tmp = vm_dir.join(format!(".{HANDLES_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(h).expect("handles serialise"))?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(h).expect("handles serialise"),
+    )?;
     std::fs::rename(&tmp, path(vm_dir))
 }
 

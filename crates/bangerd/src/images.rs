@@ -19,8 +19,12 @@ pub struct Image {
 
 /// Image names are path components: the same grammar as VM names.
 pub fn validate_image_name(name: &str) -> Result<(), ApiError> {
-    banger_api::validate_vm_name(name)
-        .map_err(|e| ApiError::bad_request(format!("image name: {}", e.to_string().replace("vm name", "name"))))
+    banger_api::validate_vm_name(name).map_err(|e| {
+        ApiError::bad_request(format!(
+            "image name: {}",
+            e.to_string().replace("vm name", "name")
+        ))
+    })
 }
 
 pub fn info(rec: &ImageRecord) -> ImageInfo {
@@ -49,21 +53,27 @@ pub fn get(d: &Shared, name: &str) -> Result<Image, ApiError> {
         })?;
     let dir = PathBuf::from(&rec.dir);
     let manifest = Manifest::load(&dir).map_err(|e| ApiError::failed(e.to_string()))?;
-    manifest
-        .check_complete(&dir)
-        .map_err(|e| ApiError::failed(format!("{e}; rebuild it with `banger image build --force`")))?;
+    manifest.check_complete(&dir).map_err(|e| {
+        ApiError::failed(format!("{e}; rebuild it with `banger image build --force`"))
+    })?;
     Ok(Image { dir, manifest })
 }
 
-/// Returns the image, building the default image first if it is missing.
-/// Parallel callers wait for one build instead of starting their own.
+/// Returns the image, building the default image first if it is missing,
+/// or rebuilding it when its recipe or the guest agent changed and no VM
+/// uses it. Parallel callers wait for one build instead of starting their own.
 pub async fn ensure(d: &Shared, name: &str, op: Option<&OpHandle>) -> Result<Image, ApiError> {
     if let Ok(img) = get(d, name) {
-        return Ok(img);
+        if !needs_rebuild(d, name, &img) {
+            return Ok(img);
+        }
     }
     let _g = d.image_lock.lock().await;
     if let Ok(img) = get(d, name) {
-        return Ok(img);
+        if !needs_rebuild(d, name, &img) {
+            return Ok(img);
+        }
+        tracing::info!(image = name, "rebuilding: the build recipe or the guest agent changed");
     }
     if name != banger_image::DEFAULT_IMAGE {
         return get(d, name);
@@ -72,6 +82,31 @@ pub async fn ensure(d: &Shared, name: &str, op: Option<&OpHandle>) -> Result<Ima
         op.stage("image-build");
     }
     build_locked(d, name, op).await
+}
+
+/// The default image is stale when its build hash no longer matches the
+/// current recipe and agent binary. It is rebuilt only while no VM uses it:
+/// their overlays are backed by the current rootfs.
+fn needs_rebuild(d: &Shared, name: &str, img: &Image) -> bool {
+    if name != banger_image::DEFAULT_IMAGE || !d.cfg.agent_bin.exists() {
+        return false;
+    }
+    let mut build = DebianBuild::new(d.cfg.agent_bin.clone());
+    build.mirror = d.cfg.mirror.clone();
+    let Ok(want) = build.build_hash() else {
+        return false;
+    };
+    if want == img.manifest.build_hash {
+        return false;
+    }
+    match d.store.vms_using_image(name) {
+        Ok(users) if users.is_empty() => true,
+        Ok(users) => {
+            tracing::warn!(image = name, vms = ?users, "image is stale but in use; keeping it");
+            false
+        }
+        Err(_) => false,
+    }
 }
 
 async fn build_locked(d: &Shared, name: &str, op: Option<&OpHandle>) -> Result<Image, ApiError> {
@@ -113,28 +148,28 @@ async fn build_locked(d: &Shared, name: &str, op: Option<&OpHandle>) -> Result<I
     d.store
         .upsert_image(&rec)
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    tracing::info!(image = name, secs = started.elapsed().as_secs(), "image built");
+    tracing::info!(
+        image = name,
+        secs = started.elapsed().as_secs(),
+        "image built"
+    );
     Ok(Image { dir, manifest })
 }
 
-/// Starts an image build operation (`banger image build`).
-pub async fn build(d: Shared, op_id: String, name: String, force: bool) -> Result<OperationInfo, ApiError> {
+/// Starts an image build operation (`banger image build`): builds the image
+/// when it is missing or stale, or always with `force`.
+pub async fn build(
+    d: Shared,
+    op_id: String,
+    name: String,
+    force: bool,
+) -> Result<OperationInfo, ApiError> {
     validate_image_name(&name)?;
     if name != banger_image::DEFAULT_IMAGE {
         return Err(ApiError::bad_request(format!(
             "only the default image {:?} can be built locally",
             banger_image::DEFAULT_IMAGE
         )));
-    }
-    if !force {
-        if let Ok(existing) = d.store.image(&name) {
-            if existing.is_some() && get(&d, &name).is_ok() {
-                return Err(ApiError::new(
-                    banger_api::ErrorCode::AlreadyExists,
-                    format!("image {name:?} already exists; pass --force to rebuild it"),
-                ));
-            }
-        }
     }
     if force {
         let users = d
@@ -148,19 +183,24 @@ pub async fn build(d: Shared, op_id: String, name: String, force: bool) -> Resul
             )));
         }
     }
-    let op = d.ops.start(&op_id, "image.build", &name, "image-build");
+    let op = d.ops.start(&op_id, "image.build", &name, "check");
     let info = d.ops.get(&op_id).expect("just registered");
     tokio::spawn(async move {
-        let _g = d.image_lock.lock().await;
-        let result = build_locked(&d, &name, Some(&op)).await;
+        // Without --force this only builds when the image is missing or
+        // stale (recipe or agent changed), so it is safe to run every time.
+        let result = if force {
+            let _g = d.image_lock.lock().await;
+            build_locked(&d, &name, Some(&op)).await
+        } else {
+            ensure(&d, &name, Some(&op)).await
+        };
         op.finish(result.map(|_| None));
     });
     Ok(info)
 }
 
 pub fn list(d: &Shared) -> Result<Vec<ImageInfo>, ApiError> {
-    Ok(d
-        .store
+    Ok(d.store
         .list_images()
         .map_err(|e| ApiError::internal(e.to_string()))?
         .iter()

@@ -36,7 +36,11 @@ pub fn version_line(bin: &str) -> String {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "bangerd", about = "banger's owner daemon", disable_version_flag = true)]
+#[command(
+    name = "bangerd",
+    about = "banger's owner daemon",
+    disable_version_flag = true
+)]
 struct Args {
     /// Classify the state database against this binary's migrations, print
     /// one line and exit 0 (compatible), 1 (will migrate) or 2 (incompatible).

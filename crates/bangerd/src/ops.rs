@@ -159,7 +159,10 @@ mod tests {
         let op = reg.start("op-1", "vm.create", "box", "reserve");
         op.stage("disks");
         op.progress("copying");
-        assert_eq!(reg.get("op-1").unwrap().progress.as_deref(), Some("copying"));
+        assert_eq!(
+            reg.get("op-1").unwrap().progress.as_deref(),
+            Some("copying")
+        );
         op.stage("boot");
         op.finish(Err(ApiError::failed("guest did not boot")));
         let info = reg.get("op-1").unwrap();

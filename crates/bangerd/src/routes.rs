@@ -49,7 +49,10 @@ pub fn router(d: Shared, shutdown: std::sync::Arc<tokio::sync::Notify>) -> Route
 }
 
 async fn status(State(d): State<Shared>) -> Res<DaemonStatus> {
-    let vms = d.store.list_vms().map_err(|e| ApiError::internal(e.to_string()))?;
+    let vms = d
+        .store
+        .list_vms()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(DaemonStatus {
         version: crate::version_line("bangerd"),
         pid: std::process::id(),
@@ -64,7 +67,10 @@ async fn status(State(d): State<Shared>) -> Res<DaemonStatus> {
 }
 
 async fn list_vms(State(d): State<Shared>) -> Res<Vec<banger_api::VmInfo>> {
-    let vms = d.store.list_vms().map_err(|e| ApiError::internal(e.to_string()))?;
+    let vms = d
+        .store
+        .list_vms()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(vms.iter().map(|r| vm::info(&d, r)).collect()))
 }
 

@@ -46,7 +46,10 @@ pub fn mint_op_id() -> String {
     use rand::RngCore;
     let mut b = [0u8; 4];
     rand::rng().fill_bytes(&mut b);
-    format!("op-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+    format!(
+        "op-{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
 }
 
 fn valid_op_id(s: &str) -> bool {
@@ -119,7 +122,10 @@ pub async fn serve(
         match stream.peer_cred() {
             Ok(cred) if peer_allowed(cred.uid(), owner_uid) => {}
             Ok(cred) => {
-                tracing::warn!(peer_uid = cred.uid(), "refused connection from a user that is neither root nor the owner");
+                tracing::warn!(
+                    peer_uid = cred.uid(),
+                    "refused connection from a user that is neither root nor the owner"
+                );
                 continue;
             }
             Err(e) => {
@@ -139,12 +145,17 @@ pub async fn serve(
 }
 
 /// A streaming body of newline-delimited JSON from a channel.
-pub fn ndjson_body<T: serde::Serialize + Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> Body {
+pub fn ndjson_body<T: serde::Serialize + Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> Body {
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         let item = rx.recv().await?;
         let mut line = serde_json::to_vec(&item).expect("events serialise");
         line.push(b'\n');
-        Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)), rx))
+        Some((
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)),
+            rx,
+        ))
     });
     Body::from_stream(stream)
 }

@@ -96,7 +96,11 @@ fn random_hex(bytes: usize) -> String {
 
 /// Validates a create request, reserves the name and an address, and starts
 /// the create operation. Bad input fails here, before anything exists.
-pub async fn create(d: Shared, op_id: String, req: CreateVmRequest) -> Result<OperationInfo, ApiError> {
+pub async fn create(
+    d: Shared,
+    op_id: String,
+    req: CreateVmRequest,
+) -> Result<OperationInfo, ApiError> {
     let name = match req.name.as_deref() {
         Some(n) if !n.is_empty() => {
             validate_vm_name(n).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -375,7 +379,12 @@ async fn cleanup_runtime(d: &Shared, rec: &VmRecord) {
     handles::clear(&dir);
 }
 
-fn set_state(d: &Shared, rec: &mut VmRecord, state: VmState, error: Option<String>) -> Result<(), ApiError> {
+fn set_state(
+    d: &Shared,
+    rec: &mut VmRecord,
+    state: VmState,
+    error: Option<String>,
+) -> Result<(), ApiError> {
     rec.state = state.as_str().into();
     rec.error = error;
     if state == VmState::Running {
@@ -399,10 +408,14 @@ pub async fn start(d: Shared, name: String) -> Result<VmInfo, ApiError> {
         let _g = lock.lock().await;
         let mut rec = find(&d, &name)?;
         if is_running(&d, &rec) {
-            return Err(ApiError::conflict(format!("vm {name:?} is already running")));
+            return Err(ApiError::conflict(format!(
+                "vm {name:?} is already running"
+            )));
         }
         if rec.state == VmState::Creating.as_str() {
-            return Err(ApiError::conflict(format!("vm {name:?} is still being created")));
+            return Err(ApiError::conflict(format!(
+                "vm {name:?} is still being created"
+            )));
         }
         if let Err(e) = boot(&d, &rec, None).await {
             cleanup_runtime(&d, &rec).await;
@@ -428,12 +441,17 @@ async fn spawn_detached<T: Send + 'static>(
 /// sync + poweroff through the agent, then kill the VMM at once: sync has
 /// flushed the guest's disks, so there is nothing to wait for.
 async fn stop_locked(d: &Shared, rec: &mut VmRecord) -> Result<(), ApiError> {
-    if let Ok(agent) = agent_for(d, rec, STOP_AGENT_TIMEOUT).await {
-        match agent.sync(STOP_AGENT_TIMEOUT).await {
+    match agent_for(d, rec, STOP_AGENT_TIMEOUT).await {
+        Ok(agent) => match agent.sync(STOP_AGENT_TIMEOUT).await {
             Ok(()) => {
                 let _ = agent.poweroff(STOP_AGENT_TIMEOUT).await;
             }
-            Err(e) => tracing::warn!(vm = %rec.name, error = %e, "guest sync failed; killing anyway"),
+            Err(e) => {
+                tracing::warn!(vm = %rec.name, error = %e, "guest sync failed; killing anyway")
+            }
+        },
+        Err(e) => {
+            tracing::warn!(vm = %rec.name, error = %e.message, "no agent to sync the guest; killing anyway")
         }
     }
     cleanup_runtime(d, rec).await;
@@ -531,7 +549,9 @@ pub async fn delete(d: Shared, name: String) -> Result<VmInfo, ApiError> {
         let _g = lock.lock().await;
         let rec = find(&d, &name)?;
         if rec.state == VmState::Creating.as_str() {
-            return Err(ApiError::conflict(format!("vm {name:?} is still being created")));
+            return Err(ApiError::conflict(format!(
+                "vm {name:?} is still being created"
+            )));
         }
         let shown = info(&d, &rec);
         delete_locked(&d, &rec).await?;
@@ -562,14 +582,24 @@ pub async fn prune(d: Shared) -> Result<Vec<String>, ApiError> {
 }
 
 /// The VM's agent connection: cached, or dialled and pinged within `timeout`.
-async fn agent_for(d: &Shared, rec: &VmRecord, timeout: Duration) -> Result<Arc<AgentClient>, ApiError> {
+async fn agent_for(
+    d: &Shared,
+    rec: &VmRecord,
+    timeout: Duration,
+) -> Result<Arc<AgentClient>, ApiError> {
     if let Some(c) = d.cached_agent(&rec.id) {
         return Ok(c);
     }
     let sock = run_dir(d, rec).join("agent.sock");
-    let (client, _pong) = banger_agent_proto::client::wait_ready(&sock, tokio::time::Instant::now() + timeout)
-        .await
-        .map_err(|e| ApiError::failed(format!("guest agent of vm {:?} does not answer: {e}", rec.name)))?;
+    let (client, _pong) =
+        banger_agent_proto::client::wait_ready(&sock, tokio::time::Instant::now() + timeout)
+            .await
+            .map_err(|e| {
+                ApiError::failed(format!(
+                    "guest agent of vm {:?} does not answer: {e}",
+                    rec.name
+                ))
+            })?;
     let client = Arc::new(client);
     d.put_agent(&rec.id, client.clone());
     Ok(client)
@@ -577,7 +607,11 @@ async fn agent_for(d: &Shared, rec: &VmRecord, timeout: Duration) -> Result<Arc<
 
 /// Runs a command in the guest; events arrive on the returned channel and
 /// end with exactly one Exit or Error.
-pub async fn exec(d: Shared, name: String, req: ExecRequest) -> Result<mpsc::Receiver<ExecEvent>, ApiError> {
+pub async fn exec(
+    d: Shared,
+    name: String,
+    req: ExecRequest,
+) -> Result<mpsc::Receiver<ExecEvent>, ApiError> {
     if req.argv.is_empty() {
         return Err(ApiError::bad_request("exec needs a command"));
     }

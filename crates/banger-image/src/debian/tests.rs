@@ -24,7 +24,10 @@ fn customize_installs_agent_and_strips_per_host_identity() {
 
     let bin = tree.join("usr/local/bin/banger-agent");
     assert_eq!(std::fs::read(&bin).unwrap(), b"\x7fELF");
-    assert_eq!(std::fs::metadata(&bin).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        std::fs::metadata(&bin).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
     let wants = tree.join("etc/systemd/system/multi-user.target.wants/banger-agent.service");
     assert_eq!(
         std::fs::read_link(wants).unwrap(),
@@ -39,6 +42,10 @@ fn customize_installs_agent_and_strips_per_host_identity() {
     assert_eq!(std::fs::read(tree.join("etc/machine-id")).unwrap(), b"");
     let fstab = std::fs::read_to_string(tree.join("etc/fstab")).unwrap();
     assert!(fstab.contains("/dev/vdb /root ext4"));
+    // Regression: with `nofail` the agent could answer before /root was
+    // mounted, and files written to /root vanished under the mount.
+    assert!(!fstab.contains("nofail"), "{fstab}");
+    assert!(AGENT_UNIT.contains("RequiresMountsFor=/root"));
     // Idempotent: a second run over the same tree succeeds.
     customize_tree(&tree, &agent).unwrap();
 }
@@ -61,7 +68,9 @@ fn kernel_and_seed_are_extracted() {
 fn missing_kernel_says_which_package() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("boot")).unwrap();
-    let e = extract_kernel(dir.path(), dir.path()).unwrap_err().to_string();
+    let e = extract_kernel(dir.path(), dir.path())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("linux-image-amd64"), "{e}");
 }
 
@@ -78,7 +87,11 @@ fn build_hash_follows_every_input() {
     assert_ne!(h1, h2, "agent change must change the hash");
     let mut b2 = b.clone();
     b2.packages.push("vim".into());
-    assert_ne!(h2, b2.build_hash().unwrap(), "package change must change the hash");
+    assert_ne!(
+        h2,
+        b2.build_hash().unwrap(),
+        "package change must change the hash"
+    );
 }
 
 #[test]

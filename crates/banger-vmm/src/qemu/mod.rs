@@ -69,7 +69,13 @@ impl QemuConfig {
         push(&self.vcpus.to_string());
         push("-m");
         push(&format!("{}M", self.memory_mib));
-        for s in ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"] {
+        for s in [
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ] {
             push(s);
         }
         push("-kernel");

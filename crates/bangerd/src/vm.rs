@@ -400,6 +400,18 @@ fn is_running(d: &Shared, rec: &VmRecord) -> bool {
             .is_some_and(|pid| banger_vmm::proc::is_vmm_for(pid, &run_dir(d, rec).join("qemu.pid")))
 }
 
+/// Boots a VM whose disks exist and records the outcome: running, or
+/// error with the reason (and nothing left running).
+async fn boot_existing(d: &Shared, rec: &mut VmRecord) -> Result<VmInfo, ApiError> {
+    if let Err(e) = boot(d, rec, None).await {
+        cleanup_runtime(d, rec).await;
+        set_state(d, rec, VmState::Error, Some(e.message.clone()))?;
+        return Err(e);
+    }
+    set_state(d, rec, VmState::Running, None)?;
+    Ok(info(d, rec))
+}
+
 /// Starts a stopped VM with the disks it already has.
 pub async fn start(d: Shared, name: String) -> Result<VmInfo, ApiError> {
     let rec = find(&d, &name)?;
@@ -417,13 +429,7 @@ pub async fn start(d: Shared, name: String) -> Result<VmInfo, ApiError> {
                 "vm {name:?} is still being created"
             )));
         }
-        if let Err(e) = boot(&d, &rec, None).await {
-            cleanup_runtime(&d, &rec).await;
-            set_state(&d, &mut rec, VmState::Error, Some(e.message.clone()))?;
-            return Err(e);
-        }
-        set_state(&d, &mut rec, VmState::Running, None)?;
-        Ok(info(&d, &rec))
+        boot_existing(&d, &mut rec).await
     })
     .await
 }
@@ -487,13 +493,7 @@ pub async fn restart(d: Shared, name: String) -> Result<VmInfo, ApiError> {
             )));
         }
         stop_locked(&d, &mut rec).await?;
-        if let Err(e) = boot(&d, &rec, None).await {
-            cleanup_runtime(&d, &rec).await;
-            set_state(&d, &mut rec, VmState::Error, Some(e.message.clone()))?;
-            return Err(e);
-        }
-        set_state(&d, &mut rec, VmState::Running, None)?;
-        Ok(info(&d, &rec))
+        boot_existing(&d, &mut rec).await
     })
     .await
 }

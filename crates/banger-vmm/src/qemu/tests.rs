@@ -151,3 +151,22 @@ fn overlay_of_missing_base_fails_and_leaves_nothing() {
     assert!(create_overlay(qemu_img, &dir.path().join("nope"), &overlay).is_err());
     assert!(!overlay.exists());
 }
+
+#[test]
+fn dropped_child_keeps_supplementary_groups() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: needs root to change uid");
+        return;
+    }
+    // root's own groups always include gid 0.
+    assert!(owner_groups(0, 0).contains(&0));
+    let mut cmd = Command::new("id");
+    cmd.arg("-G");
+    drop_privileges(&mut cmd, 65534, 65534);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success());
+    let groups = String::from_utf8_lossy(&out.stdout);
+    assert!(groups.split_whitespace().any(|g| g == "65534"), "{groups}");
+    assert!(!groups.split_whitespace().any(|g| g == "0"), "root group must be dropped: {groups}");
+}

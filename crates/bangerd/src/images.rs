@@ -73,7 +73,10 @@ pub async fn ensure(d: &Shared, name: &str, op: Option<&OpHandle>) -> Result<Ima
         if !needs_rebuild(d, name, &img) {
             return Ok(img);
         }
-        tracing::info!(image = name, "rebuilding: the build recipe or the guest agent changed");
+        tracing::info!(
+            image = name,
+            "rebuilding: the build recipe or the guest agent changed"
+        );
     }
     if name != banger_image::DEFAULT_IMAGE {
         return get(d, name);

@@ -168,5 +168,8 @@ fn dropped_child_keeps_supplementary_groups() {
     assert!(out.status.success());
     let groups = String::from_utf8_lossy(&out.stdout);
     assert!(groups.split_whitespace().any(|g| g == "65534"), "{groups}");
-    assert!(!groups.split_whitespace().any(|g| g == "0"), "root group must be dropped: {groups}");
+    assert!(
+        !groups.split_whitespace().any(|g| g == "0"),
+        "root group must be dropped: {groups}"
+    );
 }

@@ -33,7 +33,7 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, Invalid> {
 }
 
 /// The file name of a VMM's pidfile inside `<runtime>/vms/<vm_id>/`.
-pub const PIDFILE_NAME: &str = "qemu.pid";
+pub const PIDFILE_NAME: &str = banger_paths::VM_PIDFILE;
 
 /// Longest kernel command line accepted.
 pub const MAX_CMDLINE: usize = 2048;

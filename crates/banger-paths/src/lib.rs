@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 /// Longest path a Unix socket can be bound at (sun_path minus the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 
+/// File name of a VM's QEMU pidfile inside its runtime dir.
+pub const VM_PIDFILE: &str = "qemu.pid";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     pub state_dir: PathBuf,
@@ -86,6 +89,12 @@ impl Layout {
     /// Sockets and pidfile of one VM's running VMM.
     pub fn vm_runtime_dir(&self, id: &str) -> PathBuf {
         self.runtime_dir.join("vms").join(id)
+    }
+
+    /// The pidfile QEMU writes for one VM; the helper signals a pid only if
+    /// that VMM's `-pidfile` is exactly this path.
+    pub fn vm_pidfile(&self, id: &str) -> PathBuf {
+        self.vm_runtime_dir(id).join(VM_PIDFILE)
     }
 
     pub fn logs_dir(&self) -> PathBuf {

@@ -306,7 +306,7 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
         mac: rec.mac.clone(),
         agent_socket: run.join("agent.sock"),
         qmp_socket: run.join("qmp.sock"),
-        pidfile: run.join("qemu.pid"),
+        pidfile: d.cfg.layout.vm_pidfile(&rec.id),
         console_log: dir.join("console.log"),
     };
     let pid = d
@@ -397,7 +397,7 @@ fn is_running(d: &Shared, rec: &VmRecord) -> bool {
     rec.state == VmState::Running.as_str()
         && handles::load(&vm_dir(d, rec))
             .pid
-            .is_some_and(|pid| banger_vmm::proc::is_vmm_for(pid, &run_dir(d, rec).join("qemu.pid")))
+            .is_some_and(|pid| banger_vmm::proc::is_vmm_for(pid, &d.cfg.layout.vm_pidfile(&rec.id)))
 }
 
 /// Boots a VM whose disks exist and records the outcome: running, or
@@ -660,7 +660,7 @@ pub async fn reconcile(d: &Shared) {
         }
     };
     for mut rec in vms {
-        let pidfile = run_dir(d, &rec).join("qemu.pid");
+        let pidfile = d.cfg.layout.vm_pidfile(&rec.id);
         let h = handles::load(&vm_dir(d, &rec));
         let alive = h
             .pid

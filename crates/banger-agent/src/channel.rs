@@ -8,9 +8,12 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
 
-use banger_agent_proto::VIRTIO_PORT_NAME;
+use banger_agent_proto::{VIRTIO_PORT_NAME, VSOCK_PORT};
+
+use crate::listen::{has_vsock_device, Listener};
 
 const VIRTIO_PORTS: &str = "/sys/class/virtio-ports";
+const VIRTIO_DEVICES: &str = "/sys/bus/virtio/devices";
 const RETRY: Duration = Duration::from_millis(100);
 
 /// What the channel is; decides what end-of-file means.
@@ -30,25 +33,42 @@ pub struct Channel {
     pub path: PathBuf,
 }
 
+/// Where host sessions come from.
+pub enum Source {
+    /// One long-lived stream (virtio-serial port, or a socket for tests).
+    Stream(Channel),
+    /// A listener; each connection is a session (vsock under Firecracker).
+    Listen(Listener),
+}
+
 /// Opens the channel: `explicit` if given, else the virtio-serial port named
-/// `banger.agent`. Waits (retrying every 100 ms) until it can be opened.
-pub fn open(explicit: Option<&Path>) -> Channel {
+/// `banger.agent`, else (Firecracker) a vsock listener on [`VSOCK_PORT`].
+/// Waits (retrying every 100 ms) until one can be opened.
+pub fn open(explicit: Option<&Path>) -> Source {
     let mut last_error = String::new();
     loop {
         let attempt = match explicit {
-            Some(path) => open_path(path),
+            Some(path) => open_path(path).map(Source::Stream),
             None => match find_port(Path::new(VIRTIO_PORTS)) {
-                Some(dev) => open_path(&dev),
+                Some(dev) => open_path(&dev).map(Source::Stream),
+                None if has_vsock_device(Path::new(VIRTIO_DEVICES)) => {
+                    Listener::vsock(VSOCK_PORT).map(Source::Listen)
+                }
                 None => Err(io::Error::new(
                     io::ErrorKind::NotFound,
-                    format!("no virtio-serial port named {VIRTIO_PORT_NAME} yet"),
+                    format!(
+                        "no virtio-serial port named {VIRTIO_PORT_NAME} and no vsock device yet"
+                    ),
                 )),
             },
         };
         match attempt {
-            Ok(chan) => {
-                log!("serving on {}", chan.path.display());
-                return chan;
+            Ok(src) => {
+                match &src {
+                    Source::Stream(chan) => log!("serving on {}", chan.path.display()),
+                    Source::Listen(l) => log!("listening on {}", l.describe()),
+                }
+                return src;
             }
             Err(e) => {
                 let msg = e.to_string();

@@ -2,7 +2,8 @@
 //!
 //! At startup it applies the VM identity passed on the kernel command line
 //! (hostname, address, gateway, DNS), then serves the host over the agent
-//! channel, the virtio-serial port named `banger.agent`: newline-delimited
+//! channel: the virtio-serial port named `banger.agent` (QEMU), or vsock
+//! port 10700 (Firecracker), one session per connection. Newline-delimited
 //! JSON frames as defined by `banger-agent-proto`. Each request runs on its
 //! own thread; every frame goes out through one mutex-guarded writer.
 
@@ -20,14 +21,17 @@ macro_rules! log {
 mod channel;
 mod exec;
 mod identity;
+mod listen;
 mod serve;
 
 const USAGE: &str = "\
-usage: banger-agent [--channel PATH] [--no-identity] [--dry-poweroff]
+usage: banger-agent [--channel PATH | --listen PATH] [--no-identity] [--dry-poweroff]
 
   --channel PATH   serve on PATH (a character device, or a Unix socket to
                    connect to) instead of the virtio-serial port named
-                   banger.agent
+                   banger.agent or vsock port 10700
+  --listen PATH    listen on the Unix socket PATH, one session per
+                   connection (as on vsock)
   --no-identity    do not apply banger.* identity keys from /proc/cmdline
   --dry-poweroff   answer Poweroff requests but do not power off
   --version        print the version
@@ -38,6 +42,7 @@ usage: banger-agent [--channel PATH] [--no-identity] [--dry-poweroff]
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Options {
     pub channel: Option<PathBuf>,
+    pub listen: Option<PathBuf>,
     pub no_identity: bool,
     pub dry_poweroff: bool,
 }
@@ -58,6 +63,12 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Cli> {
                     .ok_or_else(|| anyhow::anyhow!("--channel needs a path\n{USAGE}"))?;
                 opts.channel = Some(path.into());
             }
+            Some("--listen") => {
+                let path = args
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--listen needs a path\n{USAGE}"))?;
+                opts.listen = Some(path.into());
+            }
             Some("--no-identity") => opts.no_identity = true,
             Some("--dry-poweroff") => opts.dry_poweroff = true,
             Some("--version") => {
@@ -69,6 +80,9 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Cli> {
             Some("--help" | "-h") => return Ok(Cli::Print(USAGE.to_owned())),
             _ => anyhow::bail!("unknown argument {arg:?}\n{USAGE}"),
         }
+    }
+    if opts.channel.is_some() && opts.listen.is_some() {
+        anyhow::bail!("--channel and --listen exclude each other\n{USAGE}");
     }
     Ok(Cli::Run(opts))
 }
@@ -95,8 +109,14 @@ fn run() -> anyhow::Result<()> {
     if !opts.no_identity {
         identity::apply_from_kernel();
     }
-    let chan = channel::open(opts.channel.as_deref());
-    serve::serve(chan, &opts)
+    let source = match &opts.listen {
+        Some(path) => channel::Source::Listen(listen::Listener::unix(path)?),
+        None => channel::open(opts.channel.as_deref()),
+    };
+    match source {
+        channel::Source::Stream(chan) => serve::serve(chan, &opts),
+        channel::Source::Listen(listener) => serve::serve_sessions(&listener, opts),
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +138,7 @@ mod tests {
             o,
             Options {
                 channel: Some("/tmp/s".into()),
+                listen: None,
                 no_identity: true,
                 dry_poweroff: true,
             }
@@ -129,5 +150,10 @@ mod tests {
         assert!(matches!(parse(&["--version"]).unwrap(), Cli::Print(_)));
         assert!(parse(&["--channel"]).is_err());
         assert!(parse(&["--bogus"]).is_err());
+        assert!(parse(&["--channel", "/a", "--listen", "/b"]).is_err());
+        let Cli::Run(o) = parse(&["--listen", "/tmp/l"]).unwrap() else {
+            panic!("expected Run");
+        };
+        assert_eq!(o.listen, Some("/tmp/l".into()));
     }
 }

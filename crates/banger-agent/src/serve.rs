@@ -11,6 +11,7 @@ use banger_agent_proto::{
 };
 
 use crate::channel::{Channel, Kind};
+use crate::listen::Listener;
 use crate::{exec, Options};
 
 /// How long to wait before reading again while no host is connected.
@@ -80,6 +81,30 @@ impl Out {
     }
 }
 
+/// Serves every connection `listener` accepts, each on its own thread,
+/// until accepting fails.
+pub fn serve_sessions(listener: &Listener, opts: Options) -> anyhow::Result<()> {
+    let opts = Arc::new(opts);
+    loop {
+        let chan = match listener.accept() {
+            Ok(c) => c,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("accept on {}", listener.describe())),
+        };
+        let opts = opts.clone();
+        let spawned = std::thread::Builder::new()
+            .name("session".into())
+            .spawn(move || {
+                if let Err(e) = serve(chan, &opts) {
+                    log!("session ended: {e:#}");
+                }
+            });
+        if let Err(e) = spawned {
+            log!("cannot start a session thread: {e}");
+        }
+    }
+}
+
 /// Reads requests until the channel fails (or, for a socket, closes).
 pub fn serve(chan: Channel, opts: &Options) -> anyhow::Result<()> {
     let Channel {
@@ -102,7 +127,7 @@ pub fn serve(chan: Channel, opts: &Options) -> anyhow::Result<()> {
         if n == 0 {
             match kind {
                 Kind::Socket => {
-                    log!("{} closed; exiting", path.display());
+                    log!("{} closed", path.display());
                     return Ok(());
                 }
                 Kind::Device => {

@@ -312,3 +312,43 @@ async fn the_agent_exits_when_its_socket_closes() {
     let status = timeout(T, agent.child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// Listener mode (what the agent does on vsock under Firecracker): every
+/// connection is its own session, and sessions run side by side.
+#[tokio::test]
+async fn listen_mode_serves_concurrent_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("listen.sock");
+    let _child = Command::new(env!("CARGO_BIN_EXE_banger-agent"))
+        .arg("--listen")
+        .arg(&sock)
+        .args(["--no-identity", "--dry-poweroff"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + T;
+    let (first, pong) = banger_agent_proto::client::wait_ready(&sock, deadline)
+        .await
+        .expect("first session");
+    assert!(!pong.agent_version.is_empty());
+    let second = AgentClient::connect_unix(&sock)
+        .await
+        .expect("second session");
+    // A long command in the first session does not hold up the second.
+    let slow = first
+        .exec(argv(&["sleep", "2"]), vec![], None)
+        .await
+        .unwrap();
+    let out = run(&second, &["sh", "-c", "echo hi; exit 3"])
+        .await
+        .unwrap();
+    assert_eq!(out.code, 3);
+    assert_eq!(out.stdout, b"hi\n");
+    let slow = timeout(T, slow.collect()).await.unwrap().unwrap();
+    assert_eq!(slow.code, 0);
+    // A session that ends leaves the listener serving new ones.
+    drop(first);
+    let third = AgentClient::connect_unix(&sock).await.unwrap();
+    third.ping(T).await.unwrap();
+}

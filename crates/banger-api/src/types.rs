@@ -106,6 +106,13 @@ pub struct VmInfo {
     pub pid: Option<u32>,
     /// "qemu" or "firecracker".
     pub vmm: String,
+    /// How the root disk is copied-on-write over the image: "qcow2",
+    /// "dm-snapshot", "reflink" or "sparse-copy".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_cow: Option<String>,
+    /// Why this VMM was picked (for `vmm = "auto"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_reason: Option<String>,
     /// "kvm" or "tcg" while running (what the VMM actually uses).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accel: Option<String>,
@@ -132,6 +139,45 @@ pub struct CreateVmRequest {
     pub memory_mib: Option<u32>,
     #[serde(default)]
     pub work_disk_mib: Option<u64>,
+    /// Which VMM to use; absent: the daemon's configured default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<VmmChoice>,
+}
+
+/// Which VMM a VM runs under. `Auto` picks Firecracker when it is installed
+/// at a supported version and KVM really works, QEMU otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmChoice {
+    #[default]
+    Auto,
+    Firecracker,
+    Qemu,
+}
+
+impl VmmChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmmChoice::Auto => "auto",
+            VmmChoice::Firecracker => "firecracker",
+            VmmChoice::Qemu => "qemu",
+        }
+    }
+}
+
+impl std::str::FromStr for VmmChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(VmmChoice::Auto),
+            "firecracker" => Ok(VmmChoice::Firecracker),
+            "qemu" => Ok(VmmChoice::Qemu),
+            other => Err(format!(
+                "unknown vmm {other:?}: expected auto, firecracker or qemu"
+            )),
+        }
+    }
 }
 
 /// One finished stage of an operation, with how long it took.

@@ -88,7 +88,10 @@ const MASKED_UNITS: &[&str] = &[
 
 /// Only the drivers a banger VM boots from: a small initramfs unpacks much
 /// faster under software emulation than Debian's "most" default.
-const INITRAMFS_MODULES: &str = "virtio_pci\nvirtio_blk\next4\n";
+/// `virtio_pci` finds QEMU's disks; `virtio_mmio` finds Firecracker's,
+/// through ACPI (Firecracker >= 1.8) or the `virtio_mmio.device=` keys older
+/// Firecracker appends to the command line (modprobe passes them on).
+const INITRAMFS_MODULES: &str = "virtio_pci\nvirtio_mmio\nvirtio_blk\next4\n";
 
 #[derive(Debug, Clone)]
 pub struct DebianBuild {

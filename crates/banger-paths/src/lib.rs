@@ -7,11 +7,17 @@
 //! | state   | `BANGER_STATE_DIR`   | `$XDG_STATE_HOME/banger`, `~/.local/state/banger` |
 //! | runtime | `BANGER_RUNTIME_DIR` | `$XDG_RUNTIME_DIR/banger`, `/tmp/banger-<uid>` |
 //! | cache   | `BANGER_CACHE_DIR`   | `$XDG_CACHE_HOME/banger`, `~/.cache/banger` |
+//! | config  | `BANGER_CONFIG`      | `$XDG_CONFIG_HOME/banger/config.toml`, `~/.config/banger/config.toml` |
+//!
+//! The config file holds the few settings a user chooses ([`Settings`]).
 //!
 //! Runtime paths hold Unix sockets, so they must stay short: `sun_path` is
 //! 108 bytes. [`Layout::check_socket_path`] says so before a bind fails.
 
 use std::path::{Path, PathBuf};
+
+mod settings;
+pub use settings::{Settings, SettingsError};
 
 /// Longest path a Unix socket can be bound at (sun_path minus the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -24,6 +30,8 @@ pub struct Layout {
     pub state_dir: PathBuf,
     pub runtime_dir: PathBuf,
     pub cache_dir: PathBuf,
+    /// The user's settings file (may not exist: defaults apply).
+    pub config_file: PathBuf,
 }
 
 impl Layout {
@@ -50,10 +58,14 @@ impl Layout {
         let cache_dir = get("BANGER_CACHE_DIR")
             .or_else(|| get("XDG_CACHE_HOME").map(|p| p.join("banger")))
             .unwrap_or_else(|| home.join(".cache/banger"));
+        let config_file = get("BANGER_CONFIG")
+            .or_else(|| get("XDG_CONFIG_HOME").map(|p| p.join("banger/config.toml")))
+            .unwrap_or_else(|| home.join(".config/banger/config.toml"));
         Layout {
             state_dir,
             runtime_dir,
             cache_dir,
+            config_file,
         }
     }
 
@@ -147,6 +159,10 @@ mod tests {
         assert_eq!(l.state_dir, PathBuf::from("/b/state"));
         assert_eq!(l.runtime_dir, PathBuf::from("/run/user/1000/banger"));
         assert_eq!(l.cache_dir, PathBuf::from("/home/u/.cache/banger"));
+        assert_eq!(
+            l.config_file,
+            PathBuf::from("/home/u/.config/banger/config.toml")
+        );
         assert_eq!(
             l.daemon_socket(),
             PathBuf::from("/run/user/1000/banger/bangerd.sock")

@@ -79,8 +79,8 @@ impl Store {
     pub fn insert_vm(&self, vm: &VmRecord) -> Result<(), StoreError> {
         let res = self.conn().execute(
             "INSERT INTO vms (id, name, state, error, image, vcpus, memory_mib, work_disk_mib,
-                              ip, mac, vmm, created_at, started_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                              ip, mac, vmm, created_at, started_at, vmm_reason, root_cow)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 vm.id,
                 vm.name,
@@ -94,7 +94,9 @@ impl Store {
                 vm.mac,
                 vm.vmm,
                 vm.created_at,
-                vm.started_at
+                vm.started_at,
+                vm.vmm_reason,
+                vm.root_cow
             ],
         );
         match res {

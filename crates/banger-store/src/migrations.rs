@@ -11,10 +11,11 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// `(id, name, sql)`, ids strictly increasing.
-pub const MIGRATIONS: &[(u32, &str, &str)] = &[(
-    1,
-    "vms and images",
-    "CREATE TABLE vms (
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "vms and images",
+        "CREATE TABLE vms (
         id            TEXT PRIMARY KEY,
         name          TEXT NOT NULL UNIQUE,
         state         TEXT NOT NULL,
@@ -39,7 +40,16 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[(
         rootfs_bytes INTEGER NOT NULL,
         created_at   INTEGER NOT NULL
     );",
-)];
+    ),
+    (
+        2,
+        "vmm choice and copy-on-write kind per vm",
+        // Rows from before the Firecracker backend all ran QEMU over a
+        // qcow2 overlay.
+        "ALTER TABLE vms ADD COLUMN vmm_reason TEXT;
+         ALTER TABLE vms ADD COLUMN root_cow TEXT NOT NULL DEFAULT 'qcow2';",
+    ),
+];
 
 /// How a database relates to the migrations this binary knows.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,13 +15,18 @@ pub struct VmRecord {
     pub ip: String,
     pub mac: String,
     pub vmm: String,
+    /// Why `vmm` was picked (auto selection), shown by `vm show`.
+    pub vmm_reason: Option<String>,
+    /// How the root disk is copied-on-write: "qcow2", "dm-snapshot",
+    /// "reflink" or "sparse-copy". Fixed at create: the disks depend on it.
+    pub root_cow: String,
     pub created_at: i64,
     pub started_at: Option<i64>,
 }
 
 impl VmRecord {
     pub(crate) const COLUMNS: &'static str = "id, name, state, error, image, vcpus, memory_mib, \
-        work_disk_mib, ip, mac, vmm, created_at, started_at";
+        work_disk_mib, ip, mac, vmm, created_at, started_at, vmm_reason, root_cow";
 
     pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<VmRecord> {
         Ok(VmRecord {
@@ -38,6 +43,8 @@ impl VmRecord {
             vmm: r.get(10)?,
             created_at: r.get(11)?,
             started_at: r.get(12)?,
+            vmm_reason: r.get(13)?,
+            root_cow: r.get(14)?,
         })
     }
 }

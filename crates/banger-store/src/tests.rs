@@ -13,6 +13,8 @@ fn vm(id: &str, name: &str, ip: &str) -> VmRecord {
         ip: ip.into(),
         mac: "52:54:00:00:00:02".into(),
         vmm: "qemu".into(),
+        vmm_reason: None,
+        root_cow: "qcow2".into(),
         created_at: 1,
         started_at: None,
     }
@@ -24,7 +26,9 @@ fn fresh_file_migrates_and_reports_each_state() {
     let path = dir.path().join("state.db");
     assert_eq!(
         inspect_schema(&path).unwrap(),
-        SchemaState::MigrationsNeeded { pending: vec![1] }
+        SchemaState::MigrationsNeeded {
+            pending: vec![1, 2]
+        }
     );
     drop(Store::open(&path).unwrap());
     assert_eq!(inspect_schema(&path).unwrap(), SchemaState::Compatible);
@@ -116,4 +120,41 @@ fn state_survives_reopen() {
         .unwrap();
     let again = Store::open(&path).unwrap();
     assert_eq!(again.vm_by_name("box").unwrap().unwrap().id, "a1");
+}
+
+#[test]
+fn migration_2_keeps_rows_from_before_the_firecracker_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    // A database as the walking skeleton left it: migration 1 only, one VM.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE schema_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                                         applied_at INTEGER NOT NULL);",
+    )
+    .unwrap();
+    conn.execute_batch(migrations::MIGRATIONS[0].2).unwrap();
+    conn.execute(
+        "INSERT INTO schema_migrations (id, name, applied_at) VALUES (1, 'vms and images', 0)",
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO vms (id, name, state, image, vcpus, memory_mib, work_disk_mib, ip, mac,
+                          vmm, created_at)
+         VALUES ('0123456789ab', 'old', 'stopped', 'debian-bookworm', 2, 1024, 8192,
+                 '172.30.0.2', '52:54:00:00:00:02', 'qemu', 1)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    assert_eq!(
+        inspect_schema(&path).unwrap(),
+        SchemaState::MigrationsNeeded { pending: vec![2] }
+    );
+    let store = Store::open(&path).unwrap();
+    let old = store.vm_by_name("old").unwrap().expect("row kept");
+    assert_eq!(old.root_cow, "qcow2");
+    assert_eq!(old.vmm_reason, None);
+    assert_eq!(inspect_schema(&path).unwrap(), SchemaState::Compatible);
 }

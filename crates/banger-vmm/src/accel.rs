@@ -105,10 +105,29 @@ pub fn probe(qemu_bin: &Path, kvm_dev: &Path, timeout: Duration) -> AccelProbe {
             reason: format!("{} runs a standard guest", kvm_dev.display()),
         },
         Ok(false) => tcg(format!(
-            "{} exists but does not run a standard guest (PVM-only or broken KVM); using TCG software emulation",
-            kvm_dev.display()
+            "{} exists but does not run a standard guest ({}); using TCG software emulation",
+            kvm_dev.display(),
+            kvm_flavour(Path::new("/sys/module"))
         )),
-        Err(e) => tcg(format!("kvm probe failed: {e}; using TCG software emulation")),
+        Err(e) => tcg(format!(
+            "kvm probe failed: {e}; using TCG software emulation"
+        )),
+    }
+}
+
+/// Why a `/dev/kvm` that opens may still refuse standard guests, from the
+/// KVM modules loaded (`<sys_module>` is `/sys/module`).
+pub fn kvm_flavour(sys_module: &Path) -> String {
+    if sys_module.join("kvm_pvm").exists() {
+        "the kvm_pvm module is loaded: this host's KVM runs only PVM guests (kernels built \
+         for PVM's paravirtual interface), not standard guest kernels"
+            .into()
+    } else if !sys_module.join("kvm_intel").exists() && !sys_module.join("kvm_amd").exists() {
+        "neither kvm_intel nor kvm_amd is loaded: no hardware virtualisation (nested \
+         virtualisation off?)"
+            .into()
+    } else {
+        "KVM is loaded but the probe guest never ran; check dmesg for KVM errors".into()
     }
 }
 
@@ -180,6 +199,16 @@ mod tests {
             "{}",
             p.reason
         );
+    }
+
+    #[test]
+    fn kvm_flavour_names_pvm_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(kvm_flavour(dir.path()).contains("neither kvm_intel nor kvm_amd"));
+        std::fs::create_dir(dir.path().join("kvm_intel")).unwrap();
+        assert!(kvm_flavour(dir.path()).contains("dmesg"));
+        std::fs::create_dir(dir.path().join("kvm_pvm")).unwrap();
+        assert!(kvm_flavour(dir.path()).contains("only PVM guests"));
     }
 
     /// Boots the probe sector for real under TCG, which works on any host

@@ -111,6 +111,10 @@ pub struct ShapeArgs {
     /// Work disk (/root) size, e.g. 8G.
     #[arg(long)]
     disk: Option<String>,
+    /// VMM: auto (Firecracker when it can run here, else QEMU), firecracker
+    /// or qemu. Default: `vmm` in config.toml, else auto.
+    #[arg(long, value_name = "VMM")]
+    vmm: Option<banger_api::VmmChoice>,
 }
 
 #[derive(Args, Debug)]
@@ -181,6 +185,7 @@ fn create_request(s: &ShapeArgs) -> anyhow::Result<CreateVmRequest> {
         })
         .transpose()?;
     let req = CreateVmRequest {
+        vmm: s.vmm,
         name: s.name.clone(),
         image: s.image.clone(),
         vcpus: s.vcpu,
@@ -332,6 +337,10 @@ fn print_vm(v: &VmInfo) {
         v.vmm,
         dash(v.pid.map(|p| p.to_string()))
     );
+    if let Some(r) = &v.vmm_reason {
+        println!("          {r}");
+    }
+    println!("root cow  {}", dash(v.root_cow.clone()));
     match (&v.accel, &v.accel_reason) {
         (Some(a), Some(r)) => println!("accel     {a} ({r})"),
         (Some(a), None) => println!("accel     {a}"),
@@ -681,6 +690,7 @@ mod tests {
             vcpu,
             memory: memory.map(str::to_string),
             disk: None,
+            vmm: None,
         }
     }
 
@@ -728,6 +738,8 @@ mod tests {
             tap: None,
             pid: None,
             vmm: "qemu".into(),
+            vmm_reason: None,
+            root_cow: None,
             accel: None,
             accel_reason: None,
             created_at: 0,

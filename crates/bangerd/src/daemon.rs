@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use banger_agent_proto::client::AgentClient;
 use banger_helper::client::HelperClient;
-use banger_paths::Layout;
+use banger_paths::{Layout, Settings};
 use banger_store::Store;
 use banger_vmm::AccelProbe;
 
@@ -30,11 +30,15 @@ pub struct Config {
     pub boot_timeout: Duration,
     /// Debian mirror for image builds.
     pub mirror: String,
+    /// The user's settings (config.toml + env): VMM choice, Firecracker.
+    pub settings: Settings,
 }
 
 impl Config {
-    /// Defaults, with `BANGER_*` environment overrides for tests and CI.
-    pub fn from_env(layout: Layout) -> Config {
+    /// Defaults, the user's config file, and `BANGER_*` environment
+    /// overrides for tests and CI. Fails on a bad config file.
+    pub fn from_env(layout: Layout) -> Result<Config, banger_paths::SettingsError> {
+        let settings = Settings::from_env(&layout.config_file)?;
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         // SAFETY: geteuid has no preconditions and cannot fail.
         let uid = unsafe { libc::geteuid() };
@@ -42,7 +46,8 @@ impl Config {
             .ok()
             .and_then(|p| p.parent().map(|d| d.to_path_buf()))
             .unwrap_or_else(|| PathBuf::from("."));
-        Config {
+        Ok(Config {
+            settings,
             layout,
             owner_uid: uid,
             qemu_bin: env("BANGER_QEMU_BIN")
@@ -64,7 +69,7 @@ impl Config {
             ),
             mirror: env("BANGER_DEBIAN_MIRROR")
                 .unwrap_or_else(|| banger_image::debian::DEFAULT_MIRROR.to_string()),
-        }
+        })
     }
 }
 

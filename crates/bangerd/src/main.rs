@@ -13,6 +13,7 @@ mod daemon;
 mod doctor;
 mod handles;
 mod images;
+mod install_hint;
 mod ops;
 mod routes;
 mod server;
@@ -85,7 +86,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(layout: banger_paths::Layout) -> anyhow::Result<()> {
-    let cfg = daemon::Config::from_env(layout);
+    let cfg = daemon::Config::from_env(layout).context("load settings")?;
     let store = banger_store::Store::open(&cfg.layout.db_path())?;
     let d: daemon::Shared = Arc::new(daemon::Daemon::new(cfg, store));
     vm::reconcile(&d).await;

@@ -80,6 +80,8 @@ pub fn info(d: &Shared, rec: &VmRecord) -> VmInfo {
         tap: h.tap,
         pid: h.pid,
         vmm: rec.vmm.clone(),
+        vmm_reason: rec.vmm_reason.clone(),
+        root_cow: Some(rec.root_cow.clone()),
         accel: h.accel,
         accel_reason: h.accel_reason,
         created_at: rec.created_at,
@@ -154,6 +156,8 @@ pub async fn create(
             ip: ip.to_string(),
             mac: banger_net::mac_for_ip(ip),
             vmm: "qemu".into(),
+            vmm_reason: None,
+            root_cow: "qcow2".into(),
             created_at: now_unix(),
             started_at: None,
         };

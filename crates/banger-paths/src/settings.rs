@@ -1,0 +1,220 @@
+//! The user's settings: `config.toml`, with `BANGER_*` environment
+//! overrides (tests, CI, one-off runs).
+//!
+//! ```toml
+//! # Which VMM new VMs run under: "auto" (Firecracker when it is installed
+//! # at a supported version and KVM really works, else QEMU), "firecracker"
+//! # or "qemu". `banger vm create --vmm` overrides it per VM.
+//! vmm = "auto"
+//! firecracker_bin = "/usr/bin/firecracker"
+//! jailer_bin = "/usr/bin/jailer"
+//! # Run Firecracker inside jailer's per-VM chroot as the owner (default).
+//! # false runs it directly as the owner: for development hosts only.
+//! jailer = true
+//! ```
+//!
+//! Unknown keys are refused, so a typo never silently means "default".
+
+use std::path::{Path, PathBuf};
+
+use banger_api::VmmChoice;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{var}={value:?}: {message}")]
+    Env {
+        var: &'static str,
+        value: String,
+        message: String,
+    },
+}
+
+/// The effective settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub vmm: VmmChoice,
+    pub firecracker_bin: PathBuf,
+    pub jailer_bin: PathBuf,
+    pub jailer: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            vmm: VmmChoice::Auto,
+            firecracker_bin: PathBuf::from("/usr/bin/firecracker"),
+            jailer_bin: PathBuf::from("/usr/bin/jailer"),
+            jailer: true,
+        }
+    }
+}
+
+/// The file as written: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    vmm: Option<String>,
+    firecracker_bin: Option<PathBuf>,
+    jailer_bin: Option<PathBuf>,
+    jailer: Option<bool>,
+}
+
+impl Settings {
+    /// Reads `path` (a missing file means defaults), then applies
+    /// `BANGER_VMM`, `BANGER_FIRECRACKER_BIN`, `BANGER_JAILER_BIN` and
+    /// `BANGER_JAILER` from `env`.
+    pub fn load(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, SettingsError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(SettingsError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        let parse_err = |message: String| SettingsError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        let file: File = toml::from_str(&text).map_err(|e| parse_err(e.message().to_owned()))?;
+        let mut s = Settings::default();
+        if let Some(v) = file.vmm {
+            s.vmm = v
+                .parse()
+                .map_err(|m: String| parse_err(format!("vmm: {m}")))?;
+        }
+        if let Some(p) = file.firecracker_bin {
+            s.firecracker_bin = p;
+        }
+        if let Some(p) = file.jailer_bin {
+            s.jailer_bin = p;
+        }
+        if let Some(j) = file.jailer {
+            s.jailer = j;
+        }
+
+        let env = |k| env(k).filter(|v: &String| !v.is_empty());
+        if let Some(v) = env("BANGER_VMM") {
+            s.vmm = v.parse().map_err(|message| SettingsError::Env {
+                var: "BANGER_VMM",
+                value: v.clone(),
+                message,
+            })?;
+        }
+        if let Some(p) = env("BANGER_FIRECRACKER_BIN") {
+            s.firecracker_bin = p.into();
+        }
+        if let Some(p) = env("BANGER_JAILER_BIN") {
+            s.jailer_bin = p.into();
+        }
+        if let Some(v) = env("BANGER_JAILER") {
+            s.jailer = match v.as_str() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" => false,
+                _ => {
+                    return Err(SettingsError::Env {
+                        var: "BANGER_JAILER",
+                        value: v,
+                        message: "expected true or false".into(),
+                    })
+                }
+            };
+        }
+        for (key, p) in [
+            ("firecracker_bin", &s.firecracker_bin),
+            ("jailer_bin", &s.jailer_bin),
+        ] {
+            if !p.is_absolute() {
+                return Err(parse_err(format!(
+                    "{key} must be an absolute path, got {}",
+                    p.display()
+                )));
+            }
+        }
+        Ok(s)
+    }
+
+    /// [`Settings::load`] with the process environment.
+    pub fn from_env(path: &Path) -> Result<Settings, SettingsError> {
+        Self::load(path, |k| std::env::var(k).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: Option<&str>, env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        if let Some(t) = text {
+            std::fs::write(&path, t).unwrap();
+        }
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load(&path, |k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn missing_file_means_defaults() {
+        assert_eq!(load(None, &[]).unwrap(), Settings::default());
+        assert_eq!(load(Some(""), &[]).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn file_values_then_env_overrides() {
+        let s = load(
+            Some("vmm = \"qemu\"\nfirecracker_bin = \"/opt/fc/firecracker\"\njailer = false\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.vmm, VmmChoice::Qemu);
+        assert_eq!(s.firecracker_bin, PathBuf::from("/opt/fc/firecracker"));
+        assert!(!s.jailer);
+        let s = load(
+            Some("vmm = \"qemu\"\n"),
+            &[("BANGER_VMM", "firecracker"), ("BANGER_JAILER", "true")],
+        )
+        .unwrap();
+        assert_eq!(s.vmm, VmmChoice::Firecracker);
+        assert!(s.jailer);
+    }
+
+    #[test]
+    fn bad_values_name_the_file_or_variable() {
+        let e = load(Some("vmm = \"xen\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("config.toml") && e.contains("xen"), "{e}");
+        let e = load(Some("vmn = \"qemu\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown field") && e.contains("vmn"), "{e}");
+        let e = load(Some("firecracker_bin = \"firecracker\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("absolute"), "{e}");
+        let e = load(None, &[("BANGER_VMM", "kvm")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("BANGER_VMM") && e.contains("kvm"), "{e}");
+        let e = load(None, &[("BANGER_JAILER", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("BANGER_JAILER"), "{e}");
+    }
+}

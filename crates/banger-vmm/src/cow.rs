@@ -23,10 +23,16 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub mod clone;
+pub mod dm;
 #[cfg(test)]
 mod testutil;
 
 pub use clone::{clone_file, cow_store_size, create_cow_file, create_sparse_file};
+pub use dm::{
+    create_snapshot, create_snapshot_checked, dm_available, fsck_snapshot, is_loop_dev,
+    loop_backing_id, remove_snapshot, CmdOutput, CommandRunner, DmSnapshot, FsckOutcome,
+    SystemRunner, DM_DIR, DM_NAME_PREFIX,
+};
 
 /// How a VM's root disk was made copy-on-write. Stored per VM by the
 /// daemon as [`CowKind::as_str`].

@@ -115,8 +115,16 @@ pub fn dm_available() -> Result<(), String> {
         }
     }
     if has_control && has_dmsetup {
-        if let Err(e) = run_ok(&SystemRunner, &argv(["dmsetup", "version"])) {
-            missing.push(e.to_string());
+        // libdevmapper creates a missing control node itself, so only a
+        // working `dmsetup version` shows the kernel driver is there.
+        match SystemRunner.run(&argv(["dmsetup", "version"])) {
+            Ok(out) if out.code == Some(0) => {}
+            Ok(out) => missing.push(format!(
+                "dmsetup version failed ({}): {}",
+                status(out.code),
+                out.stderr.lines().next().unwrap_or("").trim()
+            )),
+            Err(e) => missing.push(format!("cannot run dmsetup: {e}")),
         }
     }
     if missing.is_empty() {

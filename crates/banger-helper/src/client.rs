@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use banger_api::{ApiError, OP_ID_HEADER};
+use banger_vmm::cow::{DmSnapshot, FsckOutcome};
 use banger_vmm::qemu::QemuConfig;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -287,6 +288,55 @@ impl HelperClient {
             },
         )
         .await
+    }
+
+    /// Snapshots `base` (under `<state>/images/`) for `vm_id` with `cow`
+    /// (under `<state>/vms/<vm_id>/`) as its store; returns the handle to
+    /// keep for [`HelperClient::remove_dm_snapshot`].
+    pub async fn create_dm_snapshot(
+        &self,
+        op_id: &str,
+        vm_id: &str,
+        base: &Path,
+        cow: &Path,
+    ) -> Result<DmSnapshot, HelperError> {
+        let req = HelperRequest::CreateDmSnapshot {
+            vm_id: vm_id.to_string(),
+            base: base.to_path_buf(),
+            cow: cow.to_path_buf(),
+        };
+        match self.call(op_id, &req).await? {
+            HelperResponse::DmSnapshot(snap) => Ok(snap),
+            other => Err(self.protocol(format!(
+                "unexpected answer to create_dm_snapshot: {other:?}"
+            ))),
+        }
+    }
+
+    /// Removes a snapshot; safe to repeat after a partial removal.
+    pub async fn remove_dm_snapshot(
+        &self,
+        op_id: &str,
+        handle: &DmSnapshot,
+    ) -> Result<(), HelperError> {
+        self.expect_done(
+            op_id,
+            HelperRequest::RemoveDmSnapshot {
+                handle: handle.clone(),
+            },
+        )
+        .await
+    }
+
+    /// `e2fsck -fy` on a snapshot device no VM has open.
+    pub async fn fsck_snapshot(&self, op_id: &str, dev: &str) -> Result<FsckOutcome, HelperError> {
+        let req = HelperRequest::FsckSnapshot {
+            dev: dev.to_string(),
+        };
+        match self.call(op_id, &req).await? {
+            HelperResponse::Fscked { outcome } => Ok(outcome),
+            other => Err(self.protocol(format!("unexpected answer to fsck_snapshot: {other:?}"))),
+        }
     }
 }
 

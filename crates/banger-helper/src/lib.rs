@@ -9,10 +9,12 @@
 //! - [`proto`]: the request/response types (`POST /v1/op`).
 //! - [`validate`]: the input checks.
 //! - [`ops`]: carrying out validated requests.
+//! - [`dmsnap`]: the dm-snapshot ops (copy-on-write root disks).
 //! - [`server`]: the socket, peer checks, routing and logging.
 //! - [`client`]: [`HelperClient`], used by the daemon.
 
 pub mod client;
+pub mod dmsnap;
 pub mod ops;
 pub mod proto;
 pub mod server;

@@ -12,6 +12,7 @@ use banger_api::ApiError;
 use banger_vmm::qemu::QemuConfig;
 use tokio::sync::Mutex;
 
+use crate::dmsnap::{self, DmHost};
 use crate::proto::{HelperRequest, HelperResponse, VERSION};
 use crate::validate::{self, Roots};
 
@@ -124,6 +125,28 @@ pub async fn execute(helper: &Arc<Helper>, req: HelperRequest) -> Result<HelperR
             let (uid, gid) = (cfg.owner_uid, cfg.owner_gid);
             blocking(move || chown_to_owner(&roots, &path, uid, gid)).await?;
             Ok(HelperResponse::Done)
+        }
+        HelperRequest::CreateDmSnapshot { vm_id, base, cow } => {
+            validate::dm::create_request(&vm_id, &base, &cow, &cfg.roots)?;
+            helper.require_root("create_dm_snapshot")?;
+            let roots = cfg.roots.clone();
+            let snap =
+                blocking(move || dmsnap::create(&DmHost::system(), &roots, &vm_id, &base, &cow))
+                    .await?;
+            Ok(HelperResponse::DmSnapshot(snap))
+        }
+        HelperRequest::RemoveDmSnapshot { handle } => {
+            validate::dm::handle_shape(&handle)?;
+            helper.require_root("remove_dm_snapshot")?;
+            let roots = cfg.roots.clone();
+            blocking(move || dmsnap::remove(&DmHost::system(), &roots, &handle)).await?;
+            Ok(HelperResponse::Done)
+        }
+        HelperRequest::FsckSnapshot { dev } => {
+            validate::dm::dm_dev(&dev)?;
+            helper.require_root("fsck_snapshot")?;
+            let outcome = blocking(move || dmsnap::fsck(&DmHost::system(), &dev)).await?;
+            Ok(HelperResponse::Fscked { outcome })
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use banger_vmm::cow::{DmSnapshot, FsckOutcome};
 use banger_vmm::qemu::QemuConfig;
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,19 @@ pub enum HelperRequest {
     KillVmm { vm_id: String, pid: u32 },
     /// Hand a file under a per-VM directory over to the owner.
     ChownToOwner { path: PathBuf },
+    /// Snapshot `base` (under `<state>/images/`) as
+    /// `/dev/mapper/fc-rootfs-<vm_id>`, with `cow` (under
+    /// `<state>/vms/<vm_id>/`) as the copy-on-write store.
+    CreateDmSnapshot {
+        vm_id: String,
+        base: PathBuf,
+        cow: PathBuf,
+    },
+    /// Tear down a snapshot made by `CreateDmSnapshot`; parts already gone
+    /// are skipped.
+    RemoveDmSnapshot { handle: DmSnapshot },
+    /// `e2fsck -fy` a snapshot device that no VM has open.
+    FsckSnapshot { dev: String },
 }
 
 impl HelperRequest {
@@ -63,6 +77,9 @@ impl HelperRequest {
             HelperRequest::SignalVmm { .. } => "signal_vmm",
             HelperRequest::KillVmm { .. } => "kill_vmm",
             HelperRequest::ChownToOwner { .. } => "chown_to_owner",
+            HelperRequest::CreateDmSnapshot { .. } => "create_dm_snapshot",
+            HelperRequest::RemoveDmSnapshot { .. } => "remove_dm_snapshot",
+            HelperRequest::FsckSnapshot { .. } => "fsck_snapshot",
         }
     }
 }
@@ -77,6 +94,11 @@ pub enum HelperResponse {
     Done,
     /// Answer to `LaunchQemu`.
     Launched { pid: u32 },
+    /// Answer to `CreateDmSnapshot`: the handle to store and hand back for
+    /// removal.
+    DmSnapshot(DmSnapshot),
+    /// Answer to `FsckSnapshot`.
+    Fscked { outcome: FsckOutcome },
 }
 
 #[cfg(test)]

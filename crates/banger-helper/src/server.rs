@@ -240,6 +240,9 @@ fn subject(req: &HelperRequest) -> String {
         HelperRequest::SignalVmm { vm_id, pid, signal } => format!("vm {vm_id} pid {pid} {signal}"),
         HelperRequest::KillVmm { vm_id, pid } => format!("vm {vm_id} pid {pid}"),
         HelperRequest::ChownToOwner { path } => path.display().to_string(),
+        HelperRequest::CreateDmSnapshot { vm_id, .. } => format!("vm {vm_id}"),
+        HelperRequest::RemoveDmSnapshot { handle } => format!("{} {}", handle.name, handle.dev),
+        HelperRequest::FsckSnapshot { dev } => dev.clone(),
     }
 }
 

@@ -428,5 +428,7 @@ pub fn chown_target<'r>(path: &Path, roots: &'r Roots) -> Result<&'r Path, Inval
     ))
 }
 
+pub mod dm;
+
 #[cfg(test)]
 mod tests;

@@ -532,3 +532,59 @@ async fn bridge_and_tap_ops_work_in_a_fresh_netns() {
     });
     assert!(gone);
 }
+
+#[tokio::test]
+async fn dm_snapshot_ops_over_the_socket() {
+    use banger_vmm::cow::{create_cow_file, dm_available, DmSnapshot};
+    let h = RunningHelper::start();
+    let c = h.client();
+    let base = h.roots.images_dir().join("base.ext4");
+    let cow = h.roots.vm_state_dir(VM).join("root.cow");
+    std::fs::create_dir_all(h.roots.images_dir()).unwrap();
+    std::fs::File::create(&base)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    create_cow_file(&cow, &base).unwrap();
+
+    // Refused by validation whoever runs the helper, op id echoed.
+    let e = refused(
+        c.create_dm_snapshot("op-dm-1", VM, Path::new("/etc/shadow"), &cow)
+            .await,
+        "op-dm-1",
+    );
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert!(e.message.contains("base"), "{e}");
+    let e = refused(c.fsck_snapshot("op-dm-2", "/dev/sda1").await, "op-dm-2");
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    let bad = DmSnapshot {
+        cow_loop: "/dev/loop1x".into(),
+        ..DmSnapshot::default()
+    };
+    let e = refused(c.remove_dm_snapshot("op-dm-3", &bad).await, "op-dm-3");
+    assert_eq!(e.code, ErrorCode::BadRequest);
+
+    let created = c.create_dm_snapshot("op-dm-4", VM, &base, &cow).await;
+    if !is_root() {
+        let e = refused(created, "op-dm-4");
+        assert!(e.message.contains("needs root"), "{e}");
+        return;
+    }
+    match dm_available() {
+        Ok(()) => {
+            let snap = created.unwrap();
+            assert_eq!(snap.dev, DmSnapshot::dev_for(VM));
+            c.remove_dm_snapshot("op-dm-5", &snap).await.unwrap();
+        }
+        Err(why) => {
+            eprintln!("note: no device-mapper here ({why}); checking the unwind only");
+            let e = refused(created, "op-dm-4");
+            assert_eq!(e.code, ErrorCode::OperationFailed, "{e}");
+            assert!(e.message.contains("dmsetup create"), "{e}");
+        }
+    }
+    for f in [&base, &cow] {
+        let out = Command::new("losetup").arg("-j").arg(f).output().unwrap();
+        assert!(out.stdout.is_empty(), "loop left on {}", f.display());
+    }
+}

@@ -7,9 +7,12 @@
 //!
 //! - [`qemu`]: the QEMU backend (KVM when it really works, TCG otherwise).
 //! - [`accel`]: the KVM probe that decides between the two.
+//! - [`cow`]: copy-on-write root disks for Firecracker (dm-snapshot, or a
+//!   reflink/sparse clone where device-mapper is missing).
 //! - [`proc`]: reading `/proc` to tell whether a pid is still our VMM.
 
 pub mod accel;
+pub mod cow;
 pub mod proc;
 pub mod qemu;
 

@@ -125,11 +125,13 @@ impl Store {
         }
     }
 
-    /// Updates the mutable fields of a VM row (state, error, shape, start time).
+    /// Updates the mutable fields of a VM row (state, error, shape, start
+    /// time, and the VMM and root kind settled during create).
     pub fn update_vm(&self, vm: &VmRecord) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE vms SET state = ?2, error = ?3, vcpus = ?4, memory_mib = ?5,
-                            work_disk_mib = ?6, started_at = ?7
+                            work_disk_mib = ?6, started_at = ?7, vmm = ?8,
+                            vmm_reason = ?9, root_cow = ?10
              WHERE id = ?1",
             params![
                 vm.id,
@@ -138,7 +140,10 @@ impl Store {
                 vm.vcpus,
                 vm.memory_mib,
                 vm.work_disk_mib,
-                vm.started_at
+                vm.started_at,
+                vm.vmm,
+                vm.vmm_reason,
+                vm.root_cow
             ],
         )?;
         Ok(())

@@ -75,6 +75,9 @@ fn vm_crud_and_uniqueness() {
     let mut got = s.vm_by_name("box").unwrap().unwrap();
     got.state = "running".into();
     got.started_at = Some(5);
+    got.vmm = "firecracker".into();
+    got.vmm_reason = Some("auto: firecracker v1.14.1 with KVM".into());
+    got.root_cow = "sparse-copy".into();
     s.update_vm(&got).unwrap();
     assert_eq!(s.vm_by_name("box").unwrap().unwrap(), got);
     assert_eq!(s.used_ips().unwrap(), ["172.30.0.2"]);

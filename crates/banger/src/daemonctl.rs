@@ -87,6 +87,8 @@ pub async fn start(layout: &Layout, quiet: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // A bad config file stops here, with its path, before anything starts.
+    let settings = banger_paths::Settings::from_env(&layout.config_file)?;
     std::fs::create_dir_all(&layout.runtime_dir)
         .with_context(|| format!("create {}", layout.runtime_dir.display()))?;
     std::fs::create_dir_all(&layout.state_dir)
@@ -115,7 +117,13 @@ pub async fn start(layout: &Layout, quiet: bool) -> anyhow::Result<()> {
             .arg("--owner-uid")
             .arg(euid().to_string())
             .arg("--owner-gid")
-            .arg(egid().to_string());
+            .arg(egid().to_string())
+            // The helper runs only the binaries root configured; in this
+            // development mode root is the user starting it.
+            .arg("--firecracker-bin")
+            .arg(&settings.firecracker_bin)
+            .arg("--jailer-bin")
+            .arg(&settings.jailer_bin);
         spawn_background(cmd, &layout.helper_log(), &pidfile(layout, "helper"))?;
         wait_for(&helper_sock, Duration::from_secs(10))
             .await

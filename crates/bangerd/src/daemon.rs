@@ -89,6 +89,7 @@ pub struct Daemon {
     /// Open agent connections by VM id (QEMU accepts one client per VM).
     agents: Mutex<HashMap<String, Arc<AgentClient>>>,
     accel: tokio::sync::OnceCell<AccelProbe>,
+    firecracker: tokio::sync::OnceCell<crate::backend::FcStatus>,
 }
 
 pub type Shared = Arc<Daemon>;
@@ -106,6 +107,7 @@ impl Daemon {
             image_lock: tokio::sync::Mutex::new(()),
             agents: Mutex::new(HashMap::new()),
             accel: tokio::sync::OnceCell::new(),
+            firecracker: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -140,6 +142,14 @@ impl Daemon {
                     reason: format!("kvm probe panicked: {e}"),
                 })
             })
+            .await
+            .clone()
+    }
+
+    /// Firecracker's version and usability, probed once per daemon run.
+    pub async fn firecracker(self: &Arc<Self>) -> crate::backend::FcStatus {
+        self.firecracker
+            .get_or_init(|| crate::backend::probe_firecracker(self))
             .await
             .clone()
     }

@@ -54,6 +54,7 @@ pub async fn report(d: &Shared) -> DoctorReport {
             format!("tcg (software emulation, slower boots): {}", probe.reason),
         ),
     });
+    checks.extend(firecracker_checks(d).await);
     for (tool, pkg) in [
         ("qemu-img", "qemu-utils"),
         ("mkfs.ext4", "e2fsprogs"),
@@ -120,6 +121,89 @@ pub async fn report(d: &Shared) -> DoctorReport {
         ),
     });
     DoctorReport { checks }
+}
+
+/// Firecracker's version, the jailer, and which VMM new VMs get.
+async fn firecracker_checks(d: &Shared) -> Vec<DoctorCheck> {
+    use banger_api::VmmChoice;
+    use banger_vmm::firecracker::version::{self, Support};
+
+    let settings = &d.cfg.settings;
+    let fc = d.firecracker().await;
+    let wanted = settings.vmm == VmmChoice::Firecracker;
+    // Missing or unusable Firecracker only fails doctor when the user asked
+    // for it; with `auto` QEMU takes over, which deserves a warning.
+    let missing = if wanted {
+        CheckStatus::Fail
+    } else {
+        CheckStatus::Warn
+    };
+    let bin = settings.firecracker_bin.display();
+    let hint = || {
+        let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+        crate::install_hint::firecracker_install_hint(&os, &version::KNOWN_TESTED.to_string())
+    };
+    let range = format!(
+        "min v{}, tested v{}",
+        version::MIN_SUPPORTED,
+        version::KNOWN_TESTED
+    );
+    let mut checks = vec![match &fc.version {
+        Err(e) => check("firecracker", missing, format!("{e}; {}", hint())),
+        Ok(v) => match version::classify(*v) {
+            Support::TooOld => check(
+                "firecracker",
+                missing,
+                format!("v{v} at {bin} is too old ({range}); {}", hint()),
+            ),
+            Support::Tested => check(
+                "firecracker",
+                CheckStatus::Pass,
+                format!("v{v} at {bin} (within tested range; {range})"),
+            ),
+            Support::Newer => check(
+                "firecracker",
+                CheckStatus::Warn,
+                format!("v{v} at {bin} is newer than tested ({range}); it usually works"),
+            ),
+        },
+    }];
+    if fc.version.is_ok() && settings.jailer {
+        checks.push(if settings.jailer_bin.is_file() {
+            check(
+                "jailer",
+                CheckStatus::Pass,
+                settings.jailer_bin.display().to_string(),
+            )
+        } else {
+            check(
+                "jailer",
+                missing,
+                format!(
+                    "{} not found; it ships in the same release as firecracker ({}), or set jailer = false in {} on a development host",
+                    settings.jailer_bin.display(),
+                    hint(),
+                    d.cfg.layout.config_file.display()
+                ),
+            )
+        });
+    }
+    let vmm = match (settings.vmm, &fc.unusable) {
+        (VmmChoice::Qemu, _) => check("vmm", CheckStatus::Pass, "qemu (vmm = \"qemu\")"),
+        (_, None) => check("vmm", CheckStatus::Pass, "firecracker"),
+        (VmmChoice::Firecracker, Some(why)) => check(
+            "vmm",
+            CheckStatus::Fail,
+            format!("vmm = \"firecracker\" but firecracker cannot run here: {why}; set vmm = \"auto\" to use QEMU"),
+        ),
+        (VmmChoice::Auto, Some(why)) => check(
+            "vmm",
+            CheckStatus::Warn,
+            format!("QEMU will be used: firecracker cannot run here: {why}"),
+        ),
+    };
+    checks.push(vmm);
+    checks
 }
 
 #[cfg(test)]

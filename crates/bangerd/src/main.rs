@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 
+mod backend;
 mod daemon;
 mod doctor;
 mod handles;

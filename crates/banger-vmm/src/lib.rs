@@ -8,8 +8,11 @@
 //! - [`qemu`]: the QEMU backend (KVM when it really works, TCG otherwise).
 //! - [`accel`]: the KVM probe that decides between the two.
 //! - [`proc`]: reading `/proc` to tell whether a pid is still our VMM.
+//! - [`firecracker`]: the Firecracker backend's API layer (see its module
+//!   docs for the pieces).
 
 pub mod accel;
+pub mod firecracker;
 pub mod proc;
 pub mod qemu;
 

@@ -1,0 +1,15 @@
+//! The Firecracker backend's typed API layer.
+//!
+//! Firecracker is configured entirely over an HTTP API on a Unix socket:
+//! start the process, wait for the socket, `PUT` each device, then
+//! `InstanceStart`. The pieces:
+//!
+//! - [`models`]: the request and response bodies, named after the
+//!   definitions in Firecracker's Swagger spec.
+//! - [`client`]: [`FcClient`], an HTTP/1.1 client for one API socket, with
+//!   a timeout on every call, and [`wait_for_socket`].
+
+pub mod client;
+pub mod models;
+
+pub use client::{wait_for_socket, FcClient, FcError};

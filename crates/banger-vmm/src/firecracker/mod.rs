@@ -8,8 +8,13 @@
 //!   definitions in Firecracker's Swagger spec.
 //! - [`client`]: [`FcClient`], an HTTP/1.1 client for one API socket, with
 //!   a timeout on every call, and [`wait_for_socket`].
+//! - [`launch`]: [`FcVmConfig`], banger's description of a microVM, and the
+//!   ordered list of API calls ([`launch_plan`]) that configures and boots
+//!   it; [`apply`] sends them.
 
 pub mod client;
+pub mod launch;
 pub mod models;
 
 pub use client::{wait_for_socket, FcClient, FcError};
+pub use launch::{apply, launch_plan, ApiCall, FcVmConfig};

@@ -11,10 +11,14 @@
 //! - [`launch`]: [`FcVmConfig`], banger's description of a microVM, and the
 //!   ordered list of API calls ([`launch_plan`]) that configures and boots
 //!   it; [`apply`] sends them.
+//! - [`version`]: parsing `firecracker --version`, the supported range, and
+//!   the version-dependent features banger adapts to.
 
 pub mod client;
 pub mod launch;
 pub mod models;
+pub mod version;
 
 pub use client::{wait_for_socket, FcClient, FcError};
 pub use launch::{apply, launch_plan, ApiCall, FcVmConfig};
+pub use version::{classify, features, Features, SemVer, Support};

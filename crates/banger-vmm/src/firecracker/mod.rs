@@ -13,12 +13,16 @@
 //!   it; [`apply`] sends them.
 //! - [`version`]: parsing `firecracker --version`, the supported range, and
 //!   the version-dependent features banger adapts to.
+//! - [`kernel`]: telling an ELF vmlinux from a bzImage, and extracting the
+//!   ELF for releases that cannot boot a bzImage.
 
 pub mod client;
+pub mod kernel;
 pub mod launch;
 pub mod models;
 pub mod version;
 
 pub use client::{wait_for_socket, FcClient, FcError};
+pub use kernel::{kernel_for, KernelFormat};
 pub use launch::{apply, launch_plan, ApiCall, FcVmConfig};
 pub use version::{classify, features, Features, SemVer, Support};

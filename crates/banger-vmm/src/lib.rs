@@ -8,8 +8,9 @@
 //! - [`qemu`]: the QEMU backend (KVM when it really works, TCG otherwise).
 //! - [`accel`]: the KVM probe that decides between the two.
 //! - [`proc`]: reading `/proc` to tell whether a pid is still our VMM.
-//! - [`firecracker`]: the Firecracker backend's API layer (see its module
-//!   docs for the pieces).
+//! - [`firecracker`]: the Firecracker API: typed bodies, a client for its
+//!   socket, the launch plan, version and kernel-format handling, and the
+//!   hybrid vsock handshake.
 
 pub mod accel;
 pub mod firecracker;

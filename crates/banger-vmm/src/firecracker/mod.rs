@@ -15,12 +15,14 @@
 //!   the version-dependent features banger adapts to.
 //! - [`kernel`]: telling an ELF vmlinux from a bzImage, and extracting the
 //!   ELF for releases that cannot boot a bzImage.
+//! - [`vsock`]: the host side of the hybrid vsock handshake.
 
 pub mod client;
 pub mod kernel;
 pub mod launch;
 pub mod models;
 pub mod version;
+pub mod vsock;
 
 pub use client::{wait_for_socket, FcClient, FcError};
 pub use kernel::{kernel_for, KernelFormat};

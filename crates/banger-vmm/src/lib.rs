@@ -10,9 +10,13 @@
 //! - [`cow`]: copy-on-write root disks for Firecracker (dm-snapshot, or a
 //!   reflink/sparse clone where device-mapper is missing).
 //! - [`proc`]: reading `/proc` to tell whether a pid is still our VMM.
+//! - [`firecracker`]: the Firecracker API: typed bodies, a client for its
+//!   socket, the launch plan, version and kernel-format handling, and the
+//!   hybrid vsock handshake.
 
 pub mod accel;
 pub mod cow;
+pub mod firecracker;
 pub mod proc;
 pub mod qemu;
 

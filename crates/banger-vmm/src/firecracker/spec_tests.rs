@@ -1,0 +1,408 @@
+//! Every request banger can send, checked against Firecracker's official
+//! API specs (1.14.1 and 1.16.1) with unknown fields forbidden, and proof
+//! that the check rejects what Firecracker would. `replay_tests.rs` then
+//! sends the same requests through the real client to a spec-checking fake.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::launch::launch_plan;
+use super::launch::tests::{full_config, minimal_config};
+use super::models::*;
+use super::spec::{validate, Spec, VERSIONS};
+
+pub(super) fn specs() -> Vec<Spec> {
+    VERSIONS.iter().map(|v| Spec::load(v)).collect()
+}
+
+fn v<T: Serialize>(body: &T) -> Value {
+    serde_json::to_value(body).unwrap()
+}
+
+pub(super) fn p(s: &str) -> PathBuf {
+    PathBuf::from(s)
+}
+
+/// Written so that a new variant fails to compile until it is listed (and
+/// so checked against the spec).
+fn every_action() -> Vec<ActionType> {
+    use ActionType::*;
+    let all = vec![InstanceStart, SendCtrlAltDel, FlushMetrics];
+    for a in &all {
+        match a {
+            InstanceStart | SendCtrlAltDel | FlushMetrics => {}
+        }
+    }
+    all
+}
+
+fn every_log_level() -> Vec<LogLevel> {
+    use LogLevel::*;
+    let all = vec![Error, Warning, Info, Debug, Trace, Off];
+    for l in &all {
+        match l {
+            Error | Warning | Info | Debug | Trace | Off => {}
+        }
+    }
+    all
+}
+
+/// `(method, path, body)` of every request banger can send: each model with
+/// its optional fields unset and all set, every enum value, and both launch
+/// plans.
+fn every_request() -> Vec<(&'static str, String, Value)> {
+    let mut r: Vec<(&'static str, String, Value)> = Vec::new();
+    let mut put = |path: &str, body: Value| r.push(("PUT", path.to_string(), body));
+
+    put(
+        "/machine-config",
+        v(&MachineConfiguration {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            smt: None,
+            track_dirty_pages: None,
+        }),
+    );
+    put(
+        "/machine-config",
+        v(&MachineConfiguration {
+            vcpu_count: 32,
+            mem_size_mib: 65536,
+            smt: Some(true),
+            track_dirty_pages: Some(true),
+        }),
+    );
+    put(
+        "/boot-source",
+        v(&BootSource {
+            kernel_image_path: p("/k/vmlinux"),
+            boot_args: None,
+            initrd_path: None,
+        }),
+    );
+    put(
+        "/boot-source",
+        v(&BootSource {
+            kernel_image_path: p("/k/vmlinux"),
+            boot_args: Some("console=ttyS0".into()),
+            initrd_path: Some(p("/k/initrd")),
+        }),
+    );
+    let drive = |cache_type, io_engine| Drive {
+        drive_id: "rootfs".into(),
+        path_on_host: p("/d/root.ext4"),
+        is_root_device: true,
+        is_read_only: false,
+        cache_type,
+        io_engine,
+    };
+    put("/drives/rootfs", v(&drive(None, None)));
+    for cache in [CacheType::Unsafe, CacheType::Writeback] {
+        for io in [IoEngine::Sync, IoEngine::Async] {
+            put("/drives/rootfs", v(&drive(Some(cache), Some(io))));
+        }
+    }
+    let mut work = drive(None, None);
+    work.drive_id = "work".into();
+    work.is_root_device = false;
+    work.is_read_only = true;
+    put("/drives/work", v(&work));
+    for guest_mac in [None, Some("06:00:ac:10:00:02".to_string())] {
+        put(
+            "/network-interfaces/eth0",
+            v(&NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: "tap0".into(),
+                guest_mac,
+            }),
+        );
+    }
+    put(
+        "/vsock",
+        v(&Vsock {
+            guest_cid: 3,
+            uds_path: p("/run/v.sock"),
+        }),
+    );
+    put(
+        "/logger",
+        v(&Logger {
+            log_path: p("/l/fc.log"),
+            level: None,
+            show_level: None,
+            show_log_origin: None,
+        }),
+    );
+    for level in every_log_level() {
+        put(
+            "/logger",
+            v(&Logger {
+                log_path: p("/l/fc.log"),
+                level: Some(level),
+                show_level: Some(true),
+                show_log_origin: Some(false),
+            }),
+        );
+    }
+    put(
+        "/metrics",
+        v(&Metrics {
+            metrics_path: p("/l/metrics"),
+        }),
+    );
+    put("/entropy", v(&EntropyDevice {}));
+    for action in every_action() {
+        put("/actions", v(&InstanceActionInfo::new(action)));
+    }
+    for snapshot_type in [SnapshotType::Full, SnapshotType::Diff] {
+        put(
+            "/snapshot/create",
+            v(&SnapshotCreateParams {
+                snapshot_type,
+                snapshot_path: p("/s/vm.state"),
+                mem_file_path: p("/s/vm.mem"),
+            }),
+        );
+    }
+    for backend_type in [MemoryBackendType::File, MemoryBackendType::Uffd] {
+        let mem_backend = MemoryBackend {
+            backend_type,
+            backend_path: p("/s/vm.mem"),
+        };
+        put(
+            "/snapshot/load",
+            v(&SnapshotLoadParams {
+                snapshot_path: p("/s/vm.state"),
+                mem_backend: mem_backend.clone(),
+                resume_vm: None,
+                track_dirty_pages: None,
+            }),
+        );
+        put(
+            "/snapshot/load",
+            v(&SnapshotLoadParams {
+                snapshot_path: p("/s/vm.state"),
+                mem_backend,
+                resume_vm: Some(true),
+                track_dirty_pages: Some(true),
+            }),
+        );
+    }
+    for state in [VmState::Paused, VmState::Resumed] {
+        r.push(("PATCH", "/vm".into(), v(&Vm { state })));
+    }
+    for cfg in [full_config(), minimal_config()] {
+        for call in launch_plan(&cfg).unwrap() {
+            r.push((call.method.as_str(), call.path, call.body));
+        }
+    }
+    r
+}
+
+#[test]
+fn every_request_is_valid_in_both_specs() {
+    let requests = every_request();
+    assert!(requests.len() > 40, "only {} requests", requests.len());
+    let mut failures = Vec::new();
+    for spec in specs() {
+        for (method, path, body) in &requests {
+            if let Err(e) = spec.check(method, path, Some(body)) {
+                failures.push(e);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn no_request_sets_a_deprecated_field() {
+    let mut found = Vec::new();
+    for spec in specs() {
+        for (method, path, body) in every_request() {
+            for field in spec.deprecated_fields(method, &path, &body) {
+                found.push(format!("{} {method} {path}: {field}", spec.version));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+/// The deprecation scan itself works: the spec's deprecated fields are seen.
+#[test]
+fn the_deprecation_scan_sees_deprecated_fields() {
+    for spec in specs() {
+        let vsock = json!({"guest_cid": 3, "uds_path": "/v", "vsock_id": "vsock0"});
+        assert_eq!(
+            spec.deprecated_fields("PUT", "/vsock", &vsock),
+            ["vsock_id"]
+        );
+        let load = json!({
+            "snapshot_path": "/s", "mem_file_path": "/m", "enable_diff_snapshots": true
+        });
+        let mut got = spec.deprecated_fields("PUT", "/snapshot/load", &load);
+        got.sort();
+        assert_eq!(got, ["enable_diff_snapshots", "mem_file_path"]);
+    }
+}
+
+/// The validator must catch what Firecracker would reject; otherwise the
+/// test above proves nothing.
+#[test]
+fn the_validator_catches_bad_bodies() {
+    // (method, path, body, what the error must mention)
+    let bad = [
+        // Unknown field, top level (Firecracker denies unknown fields).
+        (
+            "PUT",
+            "/drives/rootfs",
+            json!({"drive_id": "rootfs", "path_on_host": "/d", "is_root_device": true,
+                   "is_read_only": false, "bogus": 1}),
+            "'bogus'",
+        ),
+        // Unknown field inside a referenced definition.
+        (
+            "PUT",
+            "/snapshot/load",
+            json!({"snapshot_path": "/s",
+                   "mem_backend": {"backend_type": "File", "backend_path": "/m", "extra": true}}),
+            "'extra'",
+        ),
+        // Unknown field on a definition with optional fields only.
+        (
+            "PUT",
+            "/logger",
+            json!({"log_path": "/l", "colour": true}),
+            "'colour'",
+        ),
+        // Wrong types.
+        (
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": "2", "mem_size_mib": 256}),
+            "at '/vcpu_count'",
+        ),
+        (
+            "PUT",
+            "/drives/rootfs",
+            json!({"drive_id": "rootfs", "path_on_host": "/d", "is_root_device": "yes",
+                   "is_read_only": false}),
+            "at '/is_root_device'",
+        ),
+        // Missing required fields.
+        (
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": 2}),
+            "\"mem_size_mib\"",
+        ),
+        (
+            "PUT",
+            "/drives/rootfs",
+            json!({"path_on_host": "/d", "is_root_device": true, "is_read_only": false}),
+            "\"drive_id\"",
+        ),
+        (
+            "PUT",
+            "/snapshot/create",
+            json!({"snapshot_type": "Full", "mem_file_path": "/m"}),
+            "\"snapshot_path\"",
+        ),
+        // Values outside an enum or a range.
+        (
+            "PUT",
+            "/actions",
+            json!({"action_type": "Reboot"}),
+            "at '/action_type'",
+        ),
+        ("PATCH", "/vm", json!({"state": "Stopped"}), "at '/state'"),
+        (
+            "PUT",
+            "/vsock",
+            json!({"guest_cid": 2, "uds_path": "/v"}),
+            "at '/guest_cid'",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": 33, "mem_size_mib": 256}),
+            "at '/vcpu_count'",
+        ),
+    ];
+    for spec in specs() {
+        for (method, path, body, mention) in &bad {
+            match spec.check(method, path, Some(body)) {
+                Ok(()) => panic!("spec {} accepted {method} {path} {body}", spec.version),
+                Err(e) => assert!(e.contains(mention), "{e}\nshould mention {mention}"),
+            }
+        }
+    }
+}
+
+/// The two specs really differ, and the check sees it: a field added in
+/// 1.16 is refused by the 1.14.1 spec. (banger sends neither.)
+#[test]
+fn fields_newer_than_1_14_are_refused_by_its_spec() {
+    let [old, new] = [Spec::load("1.14.1"), Spec::load("1.16.1")];
+    let mtu = json!({"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 1400});
+    let clock = json!({"snapshot_path": "/s",
+                       "mem_backend": {"backend_type": "File", "backend_path": "/m"},
+                       "clock_realtime": true});
+    for (path, body) in [("/network-interfaces/eth0", mtu), ("/snapshot/load", clock)] {
+        assert!(old.check("PUT", path, Some(&body)).is_err(), "{path}");
+        new.check("PUT", path, Some(&body)).unwrap();
+    }
+}
+
+#[test]
+fn unknown_operations_and_body_mismatches_are_caught() {
+    for spec in specs() {
+        for (method, path) in [
+            ("PUT", "/nonexistent"),
+            ("PATCH", "/boot-source"),
+            ("PUT", "/drives"),
+        ] {
+            let err = spec.check(method, path, Some(&json!({}))).unwrap_err();
+            assert!(err.contains("no such operation"), "{err}");
+        }
+        assert!(spec.check("GET", "/", None).is_ok());
+        assert!(spec.check("GET", "/version", None).is_ok());
+        assert!(spec.check("GET", "/", Some(&json!({}))).is_err());
+        assert!(spec.check("PUT", "/vsock", None).is_err());
+        assert_eq!(spec.template("/drives/work"), Some("/drives/{drive_id}"));
+        assert_eq!(spec.template("/drives/"), None);
+        assert_eq!(spec.template("/vm/config"), Some("/vm/config"));
+    }
+}
+
+/// Our response models agree with the spec (and so does the fake server).
+#[test]
+fn response_models_match_the_spec() {
+    for spec in specs() {
+        let info = v(&InstanceInfo {
+            id: "vm1".into(),
+            state: InstanceInfo::NOT_STARTED.into(),
+            vmm_version: spec.version.into(),
+            app_name: "Firecracker".into(),
+        });
+        validate(&spec.response_schema("GET", "/", 200), &info).unwrap();
+        let version = v(&FirecrackerVersion {
+            firecracker_version: spec.version.into(),
+        });
+        validate(&spec.response_schema("GET", "/version", 200), &version).unwrap();
+        let error = v(&Error {
+            fault_message: "boom".into(),
+        });
+        validate(&spec.response_schema("PUT", "/actions", 400), &error).unwrap();
+        for state in [
+            InstanceInfo::NOT_STARTED,
+            InstanceInfo::RUNNING,
+            InstanceInfo::PAUSED,
+        ] {
+            let mut info = info.clone();
+            info["state"] = state.into();
+            validate(&spec.response_schema("GET", "/", 200), &info).unwrap();
+        }
+    }
+}

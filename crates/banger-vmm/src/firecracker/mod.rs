@@ -16,6 +16,7 @@
 //! - [`kernel`]: telling an ELF vmlinux from a bzImage, and extracting the
 //!   ELF for releases that cannot boot a bzImage.
 //! - [`vsock`]: the host side of the hybrid vsock handshake.
+//! - [`cmdline`]: the guest kernel command line, by Firecracker version.
 //!
 //! Firecracker cannot run on banger's development machines, so the contract
 //! is pinned differently: the tests validate every body banger can send
@@ -24,6 +25,7 @@
 //! fake API server that checks each request against those specs.
 
 pub mod client;
+pub mod cmdline;
 pub mod kernel;
 pub mod launch;
 pub mod models;

@@ -22,6 +22,18 @@ pub struct Handles {
     pub accel_reason: Option<String>,
     /// Boot id the agent reported when the VM became ready.
     pub boot_id: Option<String>,
+    /// Firecracker: the API socket (a short link into the jail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_socket: Option<PathBuf>,
+    /// Firecracker: the hybrid vsock socket the agent is reached through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_socket: Option<PathBuf>,
+    /// Firecracker: launched through jailer (else directly).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub jailed: bool,
+    /// The dm-snapshot under the root disk, while it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dm: Option<banger_vmm::cow::DmSnapshot>,
 }
 
 pub fn path(vm_dir: &Path) -> PathBuf {
@@ -52,6 +64,21 @@ pub fn clear(vm_dir: &Path) {
 mod tests {
     use super::*;
 
+    /// A handles file written before the Firecracker fields existed still
+    /// loads (a daemon upgrade must re-adopt running QEMU VMs).
+    #[test]
+    fn older_files_load() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            path(dir.path()),
+            r#"{"pid":7,"tap":"tap-bg-01234567","accel":"tcg","accel_reason":null,"boot_id":"b"}"#,
+        )
+        .unwrap();
+        let h = load(dir.path());
+        assert_eq!(h.pid, Some(7));
+        assert!(!h.jailed && h.dm.is_none());
+    }
+
     #[test]
     fn save_load_clear() {
         let dir = tempfile::tempdir().unwrap();
@@ -62,6 +89,15 @@ mod tests {
             accel: Some("tcg".into()),
             accel_reason: None,
             boot_id: None,
+            api_socket: Some("/run/banger/vms/x/fc.sock".into()),
+            vsock_socket: None,
+            jailed: true,
+            dm: Some(banger_vmm::cow::DmSnapshot {
+                name: "fc-rootfs-0123456789ab".into(),
+                base_loop: "/dev/loop3".into(),
+                cow_loop: "/dev/loop4".into(),
+                dev: "/dev/mapper/fc-rootfs-0123456789ab".into(),
+            }),
         };
         save(dir.path(), &h).unwrap();
         assert_eq!(load(dir.path()), h);

@@ -12,6 +12,7 @@ use clap::Parser;
 mod backend;
 mod daemon;
 mod doctor;
+mod firecracker;
 mod handles;
 mod images;
 mod install_hint;

@@ -15,10 +15,13 @@ use banger_api::{
     VmSpec, VmState,
 };
 use banger_store::VmRecord;
+use banger_vmm::cow::CowKind;
 use banger_vmm::qemu::{GuestIdentity, QemuConfig};
 use tokio::sync::mpsc;
 
+use crate::backend::{self, Vmm};
 use crate::daemon::Shared;
+use crate::firecracker;
 use crate::handles::{self, Handles};
 use crate::ops::OpHandle;
 use crate::{images, now_unix};
@@ -121,6 +124,7 @@ pub async fn create(
         .clone()
         .unwrap_or_else(|| banger_image::DEFAULT_IMAGE.to_string());
     images::validate_image_name(&image)?;
+    let (vmm, vmm_reason) = backend::select(&d, req.vmm).await?;
 
     let rec = {
         let _g = d.reserve_lock.lock().await;
@@ -155,9 +159,10 @@ pub async fn create(
             work_disk_mib: spec.work_disk_mib,
             ip: ip.to_string(),
             mac: banger_net::mac_for_ip(ip),
-            vmm: "qemu".into(),
-            vmm_reason: None,
-            root_cow: "qcow2".into(),
+            vmm: vmm.as_str().into(),
+            vmm_reason: Some(vmm_reason),
+            // Settled by the disks stage.
+            root_cow: CowKind::Qcow2Overlay.as_str().into(),
             created_at: now_unix(),
             started_at: None,
         };
@@ -189,12 +194,16 @@ async fn run_create(d: &Shared, op: &OpHandle, rec: &VmRecord) -> Result<VmInfo,
     op.stage("disks");
     let dir = vm_dir(d, rec);
     let work_mib = rec.work_disk_mib;
-    tokio::task::spawn_blocking(move || prepare_disks(&dir, &img, work_mib))
+    let vmm = Vmm::of(&rec.vmm);
+    let jailer = d.cfg.settings.jailer;
+    let kind = tokio::task::spawn_blocking(move || prepare_disks(&dir, &img, work_mib, vmm, jailer))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(failed("prepare disks"))?;
-    boot(d, rec, Some(op)).await?;
     let mut rec = rec.clone();
+    rec.root_cow = kind.as_str().into();
+    d.store.update_vm(&rec).map_err(store_err)?;
+    boot(d, &rec, Some(op)).await?;
     rec.state = VmState::Running.as_str().into();
     rec.started_at = Some(now_unix());
     d.store.update_vm(&rec).map_err(store_err)?;
@@ -211,28 +220,42 @@ async fn undo_create(d: &Shared, rec: &VmRecord) {
     d.forget_vm_lock(&rec.id);
 }
 
-/// The VM's copy-on-write root over the golden image, and a fresh work
-/// disk seeded from the image's /root.
-fn prepare_disks(dir: &std::path::Path, img: &images::Image, work_mib: u64) -> Result<(), String> {
+/// The VM's copy-on-write root over the golden image (a qcow2 overlay for
+/// QEMU; see [`firecracker::prepare_root`] for Firecracker), and a fresh
+/// work disk seeded from the image's /root. Returns the root's kind.
+fn prepare_disks(
+    dir: &std::path::Path,
+    img: &images::Image,
+    work_mib: u64,
+    vmm: Vmm,
+    jailer: bool,
+) -> Result<CowKind, String> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(|e| format!("create {}: {e}", dir.display()))?;
-    banger_vmm::qemu::create_overlay(
-        std::path::Path::new("qemu-img"),
-        &img.manifest.rootfs_path(&img.dir),
-        &dir.join("root.qcow2"),
-    )
-    .map_err(|e| e.to_string())?;
+    let kind = match vmm {
+        Vmm::Qemu => {
+            banger_vmm::qemu::create_overlay(
+                std::path::Path::new("qemu-img"),
+                &img.manifest.rootfs_path(&img.dir),
+                &dir.join(firecracker::root_file(CowKind::Qcow2Overlay)),
+            )
+            .map_err(|e| e.to_string())?;
+            CowKind::Qcow2Overlay
+        }
+        Vmm::Firecracker => firecracker::prepare_root(jailer, dir, img)?,
+    };
     banger_image::ext4::pack_dir(
         &img.manifest.work_seed_path(&img.dir),
         &dir.join("work.ext4"),
         work_mib,
         "banger-work",
     )
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    Ok(kind)
 }
 
 /// Network, VMM and boot-to-agent for a VM whose disks exist. On error the
@@ -245,7 +268,12 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
     };
     let img = images::get(d, &rec.image)?;
     let dir = vm_dir(d, rec);
-    for disk in ["root.qcow2", "work.ext4"] {
+    let vmm = Vmm::of(&rec.vmm);
+    let kind: CowKind = rec
+        .root_cow
+        .parse()
+        .map_err(|e| ApiError::internal(format!("vm {:?}: {e}", rec.name)))?;
+    for disk in [firecracker::root_file(kind), "work.ext4"] {
         if !dir.join(disk).exists() {
             return Err(ApiError::failed(format!(
                 "disk {} of vm {:?} is missing; delete and recreate the vm",
@@ -256,6 +284,14 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
     }
     let probe = d.accel().await;
     let op_id = op.map(|o| o.id().to_string()).unwrap_or_default();
+    // Firecracker always runs on KVM (it has no emulator).
+    let probe = match vmm {
+        Vmm::Qemu => probe,
+        Vmm::Firecracker => banger_vmm::AccelProbe {
+            accel: banger_vmm::Accel::Kvm,
+            reason: "firecracker".into(),
+        },
+    };
 
     stage("network");
     let tap = banger_net::tap_name_for(&rec.id);
@@ -276,6 +312,18 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
         .map_err(|e| ApiError::failed(format!("tap {tap}: {e}")))?;
 
     stage("vmm");
+    if vmm == Vmm::Firecracker {
+        firecracker::launch(d, rec, &img, &mut h, &op_id).await?;
+        let pid = h.pid.expect("launch records the pid");
+        stage("boot");
+        let deadline = tokio::time::Instant::now() + d.cfg.boot_timeout;
+        let vsock = h.vsock_socket.clone().expect("launch records the vsock");
+        let (client, pong) = tokio::select! {
+            r = firecracker::wait_agent(&vsock, deadline) => r.map_err(|e| boot_failure(d, rec, &e))?,
+            _ = watch_exit(pid) => return Err(boot_failure(d, rec, "firecracker exited during boot")),
+        };
+        return finish_boot(d, rec, &mut h, client, pong);
+    }
     let run = run_dir(d, rec);
     let _ = std::fs::remove_dir_all(&run);
     {
@@ -328,10 +376,21 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
         r = ready => r.map_err(|e| boot_failure(d, rec, &format!("{e}")))?,
         _ = watch_exit(pid) => return Err(boot_failure(d, rec, "the VMM exited during boot")),
     };
+    finish_boot(d, rec, &mut h, client, pong)
+}
+
+/// Records a booted guest: its agent connection and boot id.
+fn finish_boot(
+    d: &Shared,
+    rec: &VmRecord,
+    h: &mut Handles,
+    client: AgentClient,
+    pong: banger_agent_proto::client::Pong,
+) -> Result<(), ApiError> {
     d.put_agent(&rec.id, Arc::new(client));
     h.boot_id = Some(pong.boot_id);
-    handles::save(&dir, &h).map_err(|e| ApiError::internal(format!("save handles: {e}")))?;
-    Ok(())
+    handles::save(&vm_dir(d, rec), h)
+        .map_err(|e| ApiError::internal(format!("save handles: {e}")))
 }
 
 /// Resolves when `pid` is gone.
@@ -374,6 +433,9 @@ async fn cleanup_runtime(d: &Shared, rec: &VmRecord) {
             }
         }
     }
+    if Vmm::of(&rec.vmm) == Vmm::Firecracker {
+        firecracker::cleanup(d, rec, &h).await;
+    }
     if let Some(tap) = h.tap {
         if let Err(e) = d.helper.delete_tap("", &tap).await {
             tracing::warn!(vm = %rec.name, tap, error = %e, "delete tap");
@@ -398,10 +460,15 @@ fn set_state(
 }
 
 fn is_running(d: &Shared, rec: &VmRecord) -> bool {
-    rec.state == VmState::Running.as_str()
-        && handles::load(&vm_dir(d, rec))
-            .pid
-            .is_some_and(|pid| banger_vmm::proc::is_vmm_for(pid, &d.cfg.layout.vm_pidfile(&rec.id)))
+    rec.state == VmState::Running.as_str() && vmm_alive(d, rec, &handles::load(&vm_dir(d, rec)))
+}
+
+/// True when the handles' pid is still this VM's VMM (not a reused pid).
+fn vmm_alive(d: &Shared, rec: &VmRecord, h: &Handles) -> bool {
+    h.pid.is_some_and(|pid| match Vmm::of(&rec.vmm) {
+        Vmm::Qemu => banger_vmm::proc::is_vmm_for(pid, &d.cfg.layout.vm_pidfile(&rec.id)),
+        Vmm::Firecracker => firecracker::is_ours(d, rec, h, pid),
+    })
 }
 
 /// Boots a VM whose disks exist and records the outcome: running, or
@@ -594,16 +661,25 @@ async fn agent_for(
     if let Some(c) = d.cached_agent(&rec.id) {
         return Ok(c);
     }
-    let sock = run_dir(d, rec).join("agent.sock");
-    let (client, _pong) =
-        banger_agent_proto::client::wait_ready(&sock, tokio::time::Instant::now() + timeout)
-            .await
-            .map_err(|e| {
-                ApiError::failed(format!(
-                    "guest agent of vm {:?} does not answer: {e}",
-                    rec.name
-                ))
-            })?;
+    let no_answer =
+        |e: String| ApiError::failed(format!("guest agent of vm {:?} does not answer: {e}", rec.name));
+    let (client, _pong) = match Vmm::of(&rec.vmm) {
+        Vmm::Qemu => {
+            let sock = run_dir(d, rec).join("agent.sock");
+            banger_agent_proto::client::wait_ready(&sock, tokio::time::Instant::now() + timeout)
+                .await
+                .map_err(|e| no_answer(e.to_string()))?
+        }
+        Vmm::Firecracker => {
+            let h = handles::load(&vm_dir(d, rec));
+            let vsock = h
+                .vsock_socket
+                .ok_or_else(|| no_answer("no vsock socket recorded".into()))?;
+            firecracker::dial_agent(&vsock, timeout)
+                .await
+                .map_err(no_answer)?
+        }
+    };
     let client = Arc::new(client);
     d.put_agent(&rec.id, client.clone());
     Ok(client)
@@ -664,11 +740,8 @@ pub async fn reconcile(d: &Shared) {
         }
     };
     for mut rec in vms {
-        let pidfile = d.cfg.layout.vm_pidfile(&rec.id);
         let h = handles::load(&vm_dir(d, &rec));
-        let alive = h
-            .pid
-            .is_some_and(|pid| banger_vmm::proc::is_vmm_for(pid, &pidfile));
+        let alive = vmm_alive(d, &rec, &h);
         match VmState::parse(&rec.state) {
             Some(VmState::Running) if alive => {
                 tracing::info!(vm = %rec.name, pid = ?h.pid, "reconcile: re-adopted running vm");

@@ -8,9 +8,11 @@
 //! - [`qemu`]: the QEMU backend (KVM when it really works, TCG otherwise).
 //! - [`accel`]: the KVM probe that decides between the two.
 //! - [`proc`]: reading `/proc` to tell whether a pid is still our VMM.
+//! - [`jailer`]: Firecracker's chroot layout and argv, jailed or direct.
 //! - [`spawn`]: dropping to the owner and starting a VMM detached.
 
 pub mod accel;
+pub mod jailer;
 pub mod proc;
 pub mod qemu;
 pub mod spawn;

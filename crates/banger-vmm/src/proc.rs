@@ -62,8 +62,24 @@ fn argv_has_pidfile(argv: &[String], pidfile: &Path) -> bool {
 }
 
 /// Reads a pidfile written by the VMM (surrounding whitespace is fine).
+///
+/// Only a regular file that is not a symlink counts, and it is opened
+/// non-blocking: pidfiles live in directories the daemon's user can write,
+/// and a FIFO planted there must not hang the root helper.
 pub fn read_pidfile(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(64).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
 }
 
 /// The comm of every Firecracker banger starts (the binary must have this

@@ -6,7 +6,7 @@
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::process::{ChildStderr, Command};
 
 /// The supplementary groups of `uid` (e.g. `kvm`, needed to open
 /// /dev/kvm), looked up before fork because the lookup is not
@@ -58,6 +58,14 @@ pub fn drop_privileges(cmd: &mut Command, uid: u32, gid: u32) {
     }
 }
 
+/// A program started by [`spawn_detached`].
+#[derive(Debug)]
+pub struct Detached {
+    pub pid: u32,
+    /// Its stderr, when the command asked for `Stdio::piped()`.
+    pub stderr: Option<ChildStderr>,
+}
+
 /// Starts `cmd` as a grandchild of this process and returns its pid.
 ///
 /// The child std forks forks once more and exits at once, so the program
@@ -71,7 +79,7 @@ pub fn drop_privileges(cmd: &mut Command, uid: u32, gid: u32) {
 /// Returns once the program has been exec'd: an exec failure in the
 /// grandchild comes back as the error, exactly as with `Command::spawn`,
 /// because the grandchild still holds std's error pipe.
-pub fn spawn_detached(cmd: &mut Command, new_session: bool) -> io::Result<u32> {
+pub fn spawn_detached(cmd: &mut Command, new_session: bool) -> io::Result<Detached> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: fds has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -110,7 +118,10 @@ pub fn spawn_detached(cmd: &mut Command, new_session: bool) -> io::Result<u32> {
     let mut buf = [0u8; 4];
     let mut rd = std::fs::File::from(rd);
     match rd.read_exact(&mut buf) {
-        Ok(()) => Ok(i32::from_ne_bytes(buf) as u32),
+        Ok(()) => Ok(Detached {
+            pid: i32::from_ne_bytes(buf) as u32,
+            stderr: child.stderr.take(),
+        }),
         Err(_) => Err(io::Error::other(format!(
             "the intermediate child did not report a pid ({status})"
         ))),
@@ -142,7 +153,7 @@ mod tests {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let pid = spawn_detached(&mut cmd, true).unwrap();
+        let pid = spawn_detached(&mut cmd, true).unwrap().pid;
         let start = Instant::now();
         while crate::proc::comm(pid).as_deref() != Some("sleep") {
             assert!(start.elapsed() < Duration::from_secs(5), "never exec'd");

@@ -230,3 +230,28 @@ fn cgroup_lines() {
     // This test process is in no such cgroup.
     assert!(!in_helper_cgroup(std::process::id()));
 }
+
+#[test]
+fn pidfiles_must_be_plain_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.pid");
+    std::fs::write(&real, " 4242 \n").unwrap();
+    assert_eq!(read_pidfile(&real), Some(4242));
+    // A symlink to a good pidfile is not followed.
+    let link = dir.path().join("link.pid");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    assert_eq!(read_pidfile(&link), None);
+    // A FIFO neither blocks nor counts.
+    let fifo = dir.path().join("fifo.pid");
+    nix_free_mkfifo(&fifo);
+    assert_eq!(read_pidfile(&fifo), None);
+    assert_eq!(read_pidfile(dir.path()), None);
+    assert_eq!(read_pidfile(&dir.path().join("missing")), None);
+}
+
+fn nix_free_mkfifo(p: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: c is a valid NUL-terminated path for the whole call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}

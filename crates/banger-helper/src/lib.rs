@@ -13,6 +13,7 @@
 //! - [`client`]: [`HelperClient`], used by the daemon.
 
 pub mod client;
+pub mod firecracker;
 pub mod ops;
 pub mod proto;
 pub mod server;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use banger_api::{ApiError, OP_ID_HEADER};
+use banger_vmm::jailer::{LaunchSpec, Launched};
 use banger_vmm::qemu::QemuConfig;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -284,6 +285,35 @@ impl HelperClient {
             op_id,
             HelperRequest::ChownToOwner {
                 path: path.to_path_buf(),
+            },
+        )
+        .await
+    }
+
+    /// Starts the VM's Firecracker (jailed or direct, as `spec` says); the
+    /// answer carries the pid, the socket paths to connect to and the paths
+    /// to configure Firecracker with.
+    pub async fn launch_firecracker(
+        &self,
+        op_id: &str,
+        spec: &LaunchSpec,
+    ) -> Result<Launched, HelperError> {
+        let req = HelperRequest::LaunchFirecracker(spec.clone());
+        match self.call(op_id, &req).await? {
+            HelperResponse::FirecrackerLaunched(l) => Ok(l),
+            other => Err(self.protocol(format!(
+                "unexpected answer to launch_firecracker: {other:?}"
+            ))),
+        }
+    }
+
+    /// Stops the VM's Firecracker if it still runs and removes its chroot
+    /// and socket links. Idempotent.
+    pub async fn cleanup_firecracker(&self, op_id: &str, vm_id: &str) -> Result<(), HelperError> {
+        self.expect_done(
+            op_id,
+            HelperRequest::CleanupFirecracker {
+                vm_id: vm_id.to_string(),
             },
         )
         .await

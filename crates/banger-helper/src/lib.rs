@@ -9,6 +9,7 @@
 //! - [`proto`]: the request/response types (`POST /v1/op`).
 //! - [`validate`]: the input checks.
 //! - [`ops`]: carrying out validated requests.
+//! - [`firecracker`]: the Firecracker ops (jailer chroot, launch, cleanup).
 //! - [`server`]: the socket, peer checks, routing and logging.
 //! - [`client`]: [`HelperClient`], used by the daemon.
 

@@ -240,6 +240,12 @@ fn subject(req: &HelperRequest) -> String {
         HelperRequest::SignalVmm { vm_id, pid, signal } => format!("vm {vm_id} pid {pid} {signal}"),
         HelperRequest::KillVmm { vm_id, pid } => format!("vm {vm_id} pid {pid}"),
         HelperRequest::ChownToOwner { path } => path.display().to_string(),
+        HelperRequest::LaunchFirecracker(spec) => format!(
+            "vm {} ({})",
+            spec.vm_id,
+            if spec.jailer { "jailer" } else { "direct" }
+        ),
+        HelperRequest::CleanupFirecracker { vm_id } => format!("vm {vm_id}"),
     }
 }
 

@@ -96,12 +96,19 @@ pub fn open_dir_at(parent: &OwnedFd, name: &str, shown: &Path) -> Result<Option<
 }
 
 /// Walks `path` (strictly below `root`) one directory at a time with
-/// `O_NOFOLLOW`. `Ok(None)` when some component does not exist.
+/// `O_NOFOLLOW`. `Ok(None)` when some component (or the root) does not
+/// exist.
 pub fn open_dir_beneath(root: &Path, path: &Path) -> Result<Option<OwnedFd>> {
     let rel = path
         .strip_prefix(root)
         .map_err(|_| FsError::NotADir(path.to_path_buf()))?;
-    let mut fd = open_root(root)?;
+    let mut fd = match open_root(root) {
+        Err(FsError::Sys {
+            source: Errno::ENOENT,
+            ..
+        }) => return Ok(None),
+        other => other?,
+    };
     let mut shown = root.to_path_buf();
     for c in rel.components() {
         let Component::Normal(name) = c else {

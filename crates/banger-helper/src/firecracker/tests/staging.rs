@@ -328,3 +328,17 @@ fn chroot_allows_dev_and_exec_on_a_nodev_noexec_state_fs() {
     let left = fsx::mounts_under(&fsx::mount_points().unwrap(), &chroot);
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn cleanup_without_any_tree_is_fine() {
+    let dir = tempfile::tempdir().unwrap();
+    let roots = Roots {
+        state_dir: dir.path().join("no-state"),
+        runtime_dir: dir.path().join("no-run"),
+    };
+    let vm = vm_id();
+    cleanup(&roots, &vm).unwrap();
+    stage::remove_chroot(&roots, &vm).unwrap();
+    stage::remove_runtime_entries(&roots, &vm).unwrap();
+    assert!(!roots.state_dir.exists() && !roots.runtime_dir.exists());
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use banger_api::{ApiError, OP_ID_HEADER};
 use banger_vmm::cow::{DmSnapshot, FsckOutcome};
+use banger_vmm::jailer::{LaunchSpec, Launched};
 use banger_vmm::qemu::QemuConfig;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -313,6 +314,23 @@ impl HelperClient {
         }
     }
 
+    /// Starts the VM's Firecracker (jailed or direct, as `spec` says); the
+    /// answer carries the pid, the socket paths to connect to and the paths
+    /// to configure Firecracker with.
+    pub async fn launch_firecracker(
+        &self,
+        op_id: &str,
+        spec: &LaunchSpec,
+    ) -> Result<Launched, HelperError> {
+        let req = HelperRequest::LaunchFirecracker(spec.clone());
+        match self.call(op_id, &req).await? {
+            HelperResponse::FirecrackerLaunched(l) => Ok(l),
+            other => Err(self.protocol(format!(
+                "unexpected answer to launch_firecracker: {other:?}"
+            ))),
+        }
+    }
+
     /// Removes a snapshot; safe to repeat after a partial removal.
     pub async fn remove_dm_snapshot(
         &self,
@@ -323,6 +341,18 @@ impl HelperClient {
             op_id,
             HelperRequest::RemoveDmSnapshot {
                 handle: handle.clone(),
+            },
+        )
+        .await
+    }
+
+    /// Stops the VM's Firecracker if it still runs and removes its chroot
+    /// and socket links. Idempotent.
+    pub async fn cleanup_firecracker(&self, op_id: &str, vm_id: &str) -> Result<(), HelperError> {
+        self.expect_done(
+            op_id,
+            HelperRequest::CleanupFirecracker {
+                vm_id: vm_id.to_string(),
             },
         )
         .await

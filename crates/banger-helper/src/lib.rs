@@ -10,11 +10,13 @@
 //! - [`validate`]: the input checks.
 //! - [`ops`]: carrying out validated requests.
 //! - [`dmsnap`]: the dm-snapshot ops (copy-on-write root disks).
+//! - [`firecracker`]: the Firecracker ops (jailer chroot, launch, cleanup).
 //! - [`server`]: the socket, peer checks, routing and logging.
 //! - [`client`]: [`HelperClient`], used by the daemon.
 
 pub mod client;
 pub mod dmsnap;
+pub mod firecracker;
 pub mod ops;
 pub mod proto;
 pub mod server;

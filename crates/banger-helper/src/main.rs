@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use banger_helper::firecracker::{checks, FirecrackerConfig};
 use banger_helper::ops::{Helper, HelperConfig, DEFAULT_LAUNCH_TIMEOUT};
 use banger_helper::validate::Roots;
 use clap::Parser;
@@ -33,6 +34,13 @@ struct Args {
     /// QEMU binary to launch.
     #[arg(long, default_value = banger_vmm::qemu::DEFAULT_QEMU_BIN)]
     qemu_bin: PathBuf,
+    /// Firecracker binary (named `firecracker`, root-owned, not writable by
+    /// others, no symlink in its path; checked before every launch).
+    #[arg(long, default_value = banger_vmm::jailer::DEFAULT_FIRECRACKER_BIN)]
+    firecracker_bin: PathBuf,
+    /// Firecracker's jailer binary (same rules), for jailed launches.
+    #[arg(long, default_value = banger_vmm::jailer::DEFAULT_JAILER_BIN)]
+    jailer_bin: PathBuf,
     /// Append JSON logs here instead of stderr.
     #[arg(long)]
     log_file: Option<PathBuf>,
@@ -107,9 +115,27 @@ async fn main() -> anyhow::Result<()> {
         owner_uid: args.owner_uid,
         owner_gid: args.owner_gid,
         qemu_bin: args.qemu_bin,
+        firecracker: FirecrackerConfig {
+            firecracker_bin: args.firecracker_bin,
+            jailer_bin: args.jailer_bin,
+        },
         privileged: root,
         launch_timeout: Duration::from_secs(args.launch_timeout_secs),
     };
+    // Hosts without Firecracker still serve QEMU: only warn here; every
+    // launch checks the binaries again and refuses bad ones.
+    let fc = &config.firecracker;
+    for (bin, name) in [
+        (
+            &fc.firecracker_bin,
+            Some(banger_vmm::jailer::FIRECRACKER_NAME),
+        ),
+        (&fc.jailer_bin, None),
+    ] {
+        if let Err(e) = checks::root_executable(bin, name) {
+            tracing::warn!(error = %e, "firecracker launches will be refused");
+        }
+    }
     let listener = banger_helper::server::bind(&config)?;
     tracing::info!(
         socket = %config.socket.display(),

@@ -30,6 +30,8 @@ pub struct HelperConfig {
     pub owner_uid: u32,
     pub owner_gid: u32,
     pub qemu_bin: PathBuf,
+    /// The Firecracker and jailer binaries (never taken from requests).
+    pub firecracker: crate::firecracker::FirecrackerConfig,
     /// False when started with `--allow-non-root` as a normal user: the
     /// network ops are refused and QEMU runs as the helper's own user.
     pub privileged: bool,
@@ -148,6 +150,16 @@ pub async fn execute(helper: &Arc<Helper>, req: HelperRequest) -> Result<HelperR
             let outcome = blocking(move || dmsnap::fsck(&DmHost::system(), &dev)).await?;
             Ok(HelperResponse::Fscked { outcome })
         }
+        HelperRequest::LaunchFirecracker(spec) => {
+            let h = helper.clone();
+            let launched = blocking(move || crate::firecracker::launch(&h.config, &spec)).await?;
+            Ok(HelperResponse::FirecrackerLaunched(launched))
+        }
+        HelperRequest::CleanupFirecracker { vm_id } => {
+            let roots = cfg.roots.clone();
+            blocking(move || crate::firecracker::cleanup(&roots, &vm_id)).await?;
+            Ok(HelperResponse::Done)
+        }
     }
 }
 
@@ -178,12 +190,12 @@ pub fn launch(cfg: &HelperConfig, qemu: &QemuConfig) -> Result<u32, ApiError> {
         .map_err(|e| ApiError::failed(format!("launch vm {}: {e}", qemu.vm_id)))
 }
 
-/// Sends `sig` to `pid` only if it is the VMM whose pidfile is this VM's.
+/// Sends `sig` to `pid` only if it is this VM's VMM: its QEMU (by pidfile)
+/// or its Firecracker ([`crate::firecracker::is_our_vmm`]).
 ///
 /// A pidfd is opened first and the signal goes through it, so a pid that
 /// exits and is reused between the check and the send cannot be hit.
 pub fn signal_vmm(roots: &Roots, vm_id: &str, pid: i32, sig: i32) -> Result<(), ApiError> {
-    let pidfile = roots.pidfile(vm_id);
     let not_ours =
         || ApiError::not_found(format!("pid {pid} is not the running VMM of vm {vm_id}"));
     // SAFETY: pidfd_open takes a pid and a flags word and returns a new fd
@@ -194,7 +206,7 @@ pub fn signal_vmm(roots: &Roots, vm_id: &str, pid: i32, sig: i32) -> Result<(), 
         return match e.raw_os_error() {
             Some(libc::ESRCH) => Err(not_ours()),
             Some(libc::ENOSYS) => {
-                signal_with_kill(pid, sig, &pidfile).map_err(|e| e.unwrap_or_else(not_ours))
+                signal_with_kill(roots, vm_id, pid, sig).map_err(|e| e.unwrap_or_else(not_ours))
             }
             _ => Err(ApiError::failed(format!("pidfd_open({pid}): {e}"))),
         };
@@ -202,7 +214,7 @@ pub fn signal_vmm(roots: &Roots, vm_id: &str, pid: i32, sig: i32) -> Result<(), 
     // SAFETY: `raw` is a fresh descriptor returned to us and owned by nobody
     // else; OwnedFd closes it exactly once.
     let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
-    if !banger_vmm::proc::is_vmm_for(pid as u32, &pidfile) {
+    if !crate::firecracker::is_our_vmm(roots, vm_id, pid as u32) {
         return Err(not_ours());
     }
     // SAFETY: `pidfd` is a valid pidfd; a NULL siginfo means "as kill(2)",
@@ -227,8 +239,13 @@ pub fn signal_vmm(roots: &Roots, vm_id: &str, pid: i32, sig: i32) -> Result<(), 
 }
 
 /// Fallback for kernels without pidfds (before 5.3): check, then kill(2).
-fn signal_with_kill(pid: i32, sig: i32, pidfile: &Path) -> Result<(), Option<ApiError>> {
-    if !banger_vmm::proc::is_vmm_for(pid as u32, pidfile) {
+fn signal_with_kill(
+    roots: &Roots,
+    vm_id: &str,
+    pid: i32,
+    sig: i32,
+) -> Result<(), Option<ApiError>> {
+    if !crate::firecracker::is_our_vmm(roots, vm_id, pid as u32) {
         return Err(None);
     }
     // SAFETY: kill has no memory-safety preconditions.

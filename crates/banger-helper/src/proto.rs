@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use banger_vmm::cow::{DmSnapshot, FsckOutcome};
+use banger_vmm::jailer::{LaunchSpec, Launched};
 use banger_vmm::qemu::QemuConfig;
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +64,12 @@ pub enum HelperRequest {
     RemoveDmSnapshot { handle: DmSnapshot },
     /// `e2fsck -fy` a snapshot device that no VM has open.
     FsckSnapshot { dev: String },
+    /// Start the VM's Firecracker, through jailer or directly as the owner;
+    /// answered with [`HelperResponse::FirecrackerLaunched`].
+    LaunchFirecracker(LaunchSpec),
+    /// Stop the VM's Firecracker if it still runs, unmount and remove its
+    /// chroot, remove its socket links. Nothing there is fine.
+    CleanupFirecracker { vm_id: String },
 }
 
 impl HelperRequest {
@@ -80,6 +87,8 @@ impl HelperRequest {
             HelperRequest::CreateDmSnapshot { .. } => "create_dm_snapshot",
             HelperRequest::RemoveDmSnapshot { .. } => "remove_dm_snapshot",
             HelperRequest::FsckSnapshot { .. } => "fsck_snapshot",
+            HelperRequest::LaunchFirecracker(_) => "launch_firecracker",
+            HelperRequest::CleanupFirecracker { .. } => "cleanup_firecracker",
         }
     }
 }
@@ -99,6 +108,9 @@ pub enum HelperResponse {
     DmSnapshot(DmSnapshot),
     /// Answer to `FsckSnapshot`.
     Fscked { outcome: FsckOutcome },
+    /// Answer to `LaunchFirecracker`: the pid, the short socket paths the
+    /// daemon connects to, and the paths as Firecracker sees them.
+    FirecrackerLaunched(Launched),
 }
 
 #[cfg(test)]
@@ -125,6 +137,58 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&HelperResponse::Launched { pid: 42 }).unwrap(),
             r#"{"result":"launched","pid":42}"#
+        );
+    }
+
+    #[test]
+    fn firecracker_ops_on_the_wire() {
+        let s = r#"{"op":"launch_firecracker","vm_id":"0123456789ab","jailer":true,"kernel":"/s/images/d/vmlinux","initrd":null,"drives":[{"id":"rootfs","path":"/s/vms/0123456789ab/rootfs.ext4"}],"log":false}"#;
+        let r: HelperRequest = serde_json::from_str(s).unwrap();
+        let HelperRequest::LaunchFirecracker(spec) = &r else {
+            panic!("{r:?}");
+        };
+        assert_eq!(spec.drives[0].id, "rootfs");
+        assert_eq!(r.op_name(), "launch_firecracker");
+        assert_eq!(serde_json::to_string(&r).unwrap(), s);
+        assert_eq!(
+            serde_json::from_str::<HelperRequest>(
+                r#"{"op":"cleanup_firecracker","vm_id":"0123456789ab"}"#
+            )
+            .unwrap(),
+            HelperRequest::CleanupFirecracker {
+                vm_id: "0123456789ab".into()
+            }
+        );
+        for bad in [
+            // The binaries are the helper's own, never the daemon's.
+            r#"{"op":"launch_firecracker","vm_id":"0123456789ab","jailer":true,"kernel":"/k","initrd":null,"drives":[],"log":false,"firecracker_bin":"/tmp/x"}"#,
+            r#"{"op":"launch_firecracker","vm_id":"0123456789ab","jailer":true,"kernel":"/k","initrd":null,"drives":[{"id":"a","path":"/p","mode":"rw"}],"log":false}"#,
+            r#"{"op":"launch_firecracker","vm_id":"0123456789ab","kernel":"/k","initrd":null,"drives":[],"log":false}"#,
+            r#"{"op":"cleanup_firecracker","vm_id":"0123456789ab","path":"/"}"#,
+        ] {
+            assert!(serde_json::from_str::<HelperRequest>(bad).is_err(), "{bad}");
+        }
+        let launched = HelperResponse::FirecrackerLaunched(Launched {
+            pid: 42,
+            api_socket: "/r/vms/a/fc.sock".into(),
+            vsock_socket: "/r/vms/a/vsock.sock".into(),
+            log_file: None,
+            vmm: banger_vmm::jailer::VmmPaths {
+                kernel: "/vmlinux".into(),
+                initrd: None,
+                drives: vec![],
+                vsock_uds: "/v.sock".into(),
+                log: None,
+            },
+        });
+        let text = serde_json::to_string(&launched).unwrap();
+        assert!(
+            text.starts_with(r#"{"result":"firecracker_launched","pid":42,"api_socket":"#),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::from_str::<HelperResponse>(&text).unwrap(),
+            launched
         );
     }
 

@@ -243,6 +243,12 @@ fn subject(req: &HelperRequest) -> String {
         HelperRequest::CreateDmSnapshot { vm_id, .. } => format!("vm {vm_id}"),
         HelperRequest::RemoveDmSnapshot { handle } => format!("{} {}", handle.name, handle.dev),
         HelperRequest::FsckSnapshot { dev } => dev.clone(),
+        HelperRequest::LaunchFirecracker(spec) => format!(
+            "vm {} ({})",
+            spec.vm_id,
+            if spec.jailer { "jailer" } else { "direct" }
+        ),
+        HelperRequest::CleanupFirecracker { vm_id } => format!("vm {vm_id}"),
     }
 }
 

@@ -588,3 +588,42 @@ async fn dm_snapshot_ops_over_the_socket() {
         assert!(out.stdout.is_empty(), "loop left on {}", f.display());
     }
 }
+
+#[tokio::test]
+async fn firecracker_ops_are_routed_and_validated() {
+    // The binaries come from the helper's flags; bad ones refuse launches
+    // without keeping the helper from starting (hosts without Firecracker
+    // still serve QEMU).
+    let h = RunningHelper::start();
+    let c = h.client();
+    let spec = banger_vmm::jailer::LaunchSpec {
+        vm_id: VM.into(),
+        jailer: false,
+        kernel: "/etc/passwd".into(),
+        initrd: None,
+        drives: vec![banger_vmm::jailer::DriveSpec {
+            id: "rootfs".into(),
+            path: h.roots.vm_state_dir(VM).join("rootfs.ext4"),
+        }],
+        log: false,
+    };
+    let e = refused(c.launch_firecracker("op-fc-1", &spec).await, "op-fc-1");
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert!(e.message.contains("kernel"), "{e}");
+
+    // Nothing to clean up is fine, twice; a bad id is not.
+    c.cleanup_firecracker("op-fc-2", VM).await.unwrap();
+    c.cleanup_firecracker("op-fc-3", VM).await.unwrap();
+    let e = refused(
+        c.cleanup_firecracker("op-fc-4", "../../etc").await,
+        "op-fc-4",
+    );
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    let ops: Vec<_> = h
+        .log_lines()
+        .into_iter()
+        .filter(|l| l["op_id"] == "op-fc-2")
+        .collect();
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0]["op"], "cleanup_firecracker");
+}

@@ -13,11 +13,15 @@
 //! - [`firecracker`]: the Firecracker API: typed bodies, a client for its
 //!   socket, the launch plan, version and kernel-format handling, and the
 //!   hybrid vsock handshake.
+//! - [`jailer`]: Firecracker's chroot layout and argv, jailed or direct.
+//! - [`spawn`]: dropping to the owner and starting a VMM detached.
 
 pub mod accel;
 pub mod cow;
 pub mod firecracker;
+pub mod jailer;
 pub mod proc;
 pub mod qemu;
+pub mod spawn;
 
 pub use accel::{Accel, AccelProbe};

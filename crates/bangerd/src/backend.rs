@@ -44,12 +44,6 @@ pub struct FcStatus {
     pub unusable: Option<String>,
 }
 
-impl FcStatus {
-    pub fn usable(&self) -> bool {
-        self.unusable.is_none()
-    }
-}
-
 /// Probes the configured Firecracker binary and KVM.
 pub async fn probe_firecracker(d: &Shared) -> FcStatus {
     let bin = d.cfg.settings.firecracker_bin.clone();
@@ -68,9 +62,10 @@ pub async fn probe_firecracker(d: &Shared) -> FcStatus {
             "firecracker v{v} is older than the oldest supported v{}",
             version::MIN_SUPPORTED
         )),
-        Ok(_) if accel.accel != banger_vmm::Accel::Kvm => {
-            Some(format!("KVM cannot run standard guests here: {}", accel.reason))
-        }
+        Ok(_) if accel.accel != banger_vmm::Accel::Kvm => Some(format!(
+            "KVM cannot run standard guests here: {}",
+            accel.reason
+        )),
         Ok(_) => None,
     };
     FcStatus { version, unusable }

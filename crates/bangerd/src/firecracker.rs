@@ -71,9 +71,10 @@ pub async fn launch(
         handles::save(&dir, h).map_err(|e| ApiError::internal(format!("save handles: {e}")))
     };
     let status = d.firecracker().await;
-    let version = status.version.clone().map_err(|e| {
-        ApiError::failed(format!("firecracker cannot run on this host: {e}"))
-    })?;
+    let version = status
+        .version
+        .clone()
+        .map_err(|e| ApiError::failed(format!("firecracker cannot run on this host: {e}")))?;
     if let Some(why) = &status.unusable {
         return Err(ApiError::failed(format!(
             "firecracker cannot run on this host: {why}; recreate the vm with --vmm qemu"
@@ -83,8 +84,7 @@ pub async fn launch(
     let kernel_src = img.manifest.kernel_path(&img.dir);
     let cache = d.cfg.layout.cache_dir.join("kernels").join(&rec.image);
     let kernel = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&cache)
-            .map_err(|e| format!("create {}: {e}", cache.display()))?;
+        std::fs::create_dir_all(&cache).map_err(|e| format!("create {}: {e}", cache.display()))?;
         fc::kernel_for(version, &kernel_src, &cache).map_err(|e| e.to_string())
     })
     .await
@@ -147,7 +147,7 @@ pub async fn launch(
 
     fc::wait_for_socket(
         &launched.api_socket,
-        tokio::time::Instant::now() + API_SOCKET_WAIT,
+        std::time::Instant::now() + API_SOCKET_WAIT,
     )
     .await
     .map_err(|e| ApiError::failed(format!("firecracker api: {e}")))?;
@@ -209,7 +209,10 @@ pub async fn wait_agent(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(format!("agent over {} did not answer: {last}", vsock.display()))
+    Err(format!(
+        "agent over {} did not answer: {last}",
+        vsock.display()
+    ))
 }
 
 /// One attempt: `CONNECT <port>`, then a ping, each within `timeout`.
@@ -241,7 +244,8 @@ pub async fn cleanup(d: &Shared, rec: &VmRecord, h: &Handles) {
 pub fn is_ours(d: &Shared, rec: &VmRecord, h: &Handles, pid: u32) -> bool {
     use banger_vmm::proc::{is_firecracker_for, FcMatch};
     let how = if h.jailed {
-        let pidfile = banger_vmm::jailer::JailerLayout::new(&d.cfg.layout.state_dir).pidfile(&rec.id);
+        let pidfile =
+            banger_vmm::jailer::JailerLayout::new(&d.cfg.layout.state_dir).pidfile(&rec.id);
         return is_firecracker_for(pid, &rec.id, FcMatch::Jailer { pidfile: &pidfile });
     } else {
         FcMatch::Direct {

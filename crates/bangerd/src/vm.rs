@@ -196,10 +196,11 @@ async fn run_create(d: &Shared, op: &OpHandle, rec: &VmRecord) -> Result<VmInfo,
     let work_mib = rec.work_disk_mib;
     let vmm = Vmm::of(&rec.vmm);
     let jailer = d.cfg.settings.jailer;
-    let kind = tokio::task::spawn_blocking(move || prepare_disks(&dir, &img, work_mib, vmm, jailer))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(failed("prepare disks"))?;
+    let kind =
+        tokio::task::spawn_blocking(move || prepare_disks(&dir, &img, work_mib, vmm, jailer))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(failed("prepare disks"))?;
     let mut rec = rec.clone();
     rec.root_cow = kind.as_str().into();
     d.store.update_vm(&rec).map_err(store_err)?;
@@ -389,8 +390,7 @@ fn finish_boot(
 ) -> Result<(), ApiError> {
     d.put_agent(&rec.id, Arc::new(client));
     h.boot_id = Some(pong.boot_id);
-    handles::save(&vm_dir(d, rec), h)
-        .map_err(|e| ApiError::internal(format!("save handles: {e}")))
+    handles::save(&vm_dir(d, rec), h).map_err(|e| ApiError::internal(format!("save handles: {e}")))
 }
 
 /// Resolves when `pid` is gone.
@@ -661,8 +661,12 @@ async fn agent_for(
     if let Some(c) = d.cached_agent(&rec.id) {
         return Ok(c);
     }
-    let no_answer =
-        |e: String| ApiError::failed(format!("guest agent of vm {:?} does not answer: {e}", rec.name));
+    let no_answer = |e: String| {
+        ApiError::failed(format!(
+            "guest agent of vm {:?} does not answer: {e}",
+            rec.name
+        ))
+    };
     let (client, _pong) = match Vmm::of(&rec.vmm) {
         Vmm::Qemu => {
             let sock = run_dir(d, rec).join("agent.sock");

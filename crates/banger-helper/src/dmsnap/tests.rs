@@ -316,6 +316,7 @@ fn helper(t: &Tree, privileged: bool) -> Arc<Helper> {
         qemu_bin: PathBuf::from("/nonexistent/qemu"),
         privileged,
         launch_timeout: Duration::from_secs(10),
+        firecracker: Default::default(),
     })
 }
 

@@ -40,6 +40,7 @@ impl Env {
             owner_uid: uid,
             owner_gid: gid,
             qemu_bin: PathBuf::from("/nonexistent/qemu"),
+            firecracker: Default::default(),
             privileged,
             launch_timeout: Duration::from_secs(10),
         };

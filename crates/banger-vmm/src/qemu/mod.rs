@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::accel::Accel;
+use crate::spawn::drop_privileges;
+pub use crate::spawn::owner_groups;
 
 /// Default QEMU binary.
 pub const DEFAULT_QEMU_BIN: &str = "qemu-system-x86_64";
@@ -248,57 +250,6 @@ pub fn launch(
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(LaunchError::NoPidfile(cfg.pidfile.clone()))
-}
-
-/// The supplementary groups of `uid` (e.g. `kvm`, needed to open
-/// /dev/kvm), looked up before fork because the lookup is not
-/// async-signal-safe.
-pub fn owner_groups(uid: u32, gid: u32) -> Vec<libc::gid_t> {
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: passwd is plain data; getpwuid_r fills it or leaves result null.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the given length for the whole call.
-    unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
-    if result.is_null() {
-        return vec![gid];
-    }
-    let mut groups: Vec<libc::gid_t> = vec![0; 64];
-    loop {
-        let mut n = groups.len() as libc::c_int;
-        // SAFETY: pw_name points into buf, which outlives the call; groups
-        // has room for n entries.
-        let r = unsafe { libc::getgrouplist(pwd.pw_name, gid, groups.as_mut_ptr(), &mut n) };
-        if r >= 0 {
-            groups.truncate(n.max(0) as usize);
-            return groups;
-        }
-        if groups.len() >= 65536 {
-            return vec![gid];
-        }
-        groups.resize((n.max(0) as usize).max(groups.len() * 2), 0);
-    }
-}
-
-/// Runs the child as `uid:gid` with that user's supplementary groups.
-/// (std's `Command::uid` clears supplementary groups, which would take the
-/// `kvm` group away from QEMU.)
-fn drop_privileges(cmd: &mut Command, uid: u32, gid: u32) {
-    use std::os::unix::process::CommandExt;
-    let groups = owner_groups(uid, gid);
-    // SAFETY: the closure runs between fork and exec and calls only
-    // async-signal-safe syscalls on data prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setgid(gid) != 0
-                || libc::setuid(uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 fn wait_with_timeout(

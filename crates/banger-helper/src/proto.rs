@@ -179,6 +179,7 @@ mod tests {
                 drives: vec![],
                 vsock_uds: "/v.sock".into(),
                 log: None,
+                console: None,
             },
         });
         let text = serde_json::to_string(&launched).unwrap();

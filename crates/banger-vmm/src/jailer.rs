@@ -37,6 +37,8 @@ pub const IN_JAIL_INITRD: &str = "/initrd.img";
 pub const IN_JAIL_API_SOCKET: &str = "/run/firecracker.socket";
 pub const IN_JAIL_VSOCK: &str = "/v.sock";
 pub const IN_JAIL_LOG: &str = "/firecracker.log";
+/// The guest's serial console (`PUT /serial`), created with the log.
+pub const IN_JAIL_CONSOLE: &str = "/console.log";
 /// Written by jailer: the pid it exec'd Firecracker as.
 pub const IN_JAIL_PIDFILE: &str = "/firecracker.pid";
 
@@ -48,6 +50,9 @@ pub const VSOCK_SOCKET_NAME: &str = "vsock.sock";
 pub const DIRECT_PIDFILE_NAME: &str = "firecracker.pid";
 /// In `<state>/vms/<id>/`: the direct-mode Firecracker log.
 pub const DIRECT_LOG_NAME: &str = "firecracker.log";
+/// In `<state>/vms/<id>/`: the direct-mode guest console (the same name
+/// QEMU's console log has).
+pub const DIRECT_CONSOLE_NAME: &str = "console.log";
 
 /// Where jailer builds chroots for one state dir.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +151,9 @@ pub struct VmmPaths {
     /// `uds_path` of the hybrid vsock device.
     pub vsock_uds: PathBuf,
     pub log: Option<PathBuf>,
+    /// The guest console file (`PUT /serial`), created with the log.
+    #[serde(default)]
+    pub console: Option<PathBuf>,
 }
 
 /// A started Firecracker.
@@ -178,6 +186,7 @@ impl VmmPaths {
                 .collect(),
             vsock_uds: IN_JAIL_VSOCK.into(),
             log: spec.log.then(|| IN_JAIL_LOG.into()),
+            console: spec.log.then(|| IN_JAIL_CONSOLE.into()),
         }
     }
 
@@ -189,6 +198,7 @@ impl VmmPaths {
             drives: spec.drives.clone(),
             vsock_uds: vm_runtime_dir.join(VSOCK_SOCKET_NAME),
             log: spec.log.then(|| vm_state_dir.join(DIRECT_LOG_NAME)),
+            console: spec.log.then(|| vm_state_dir.join(DIRECT_CONSOLE_NAME)),
         }
     }
 }

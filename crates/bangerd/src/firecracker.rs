@@ -187,6 +187,10 @@ pub async fn launch(
         guest_cid: GUEST_CID,
         log_path: launched.vmm.log.clone(),
         metrics_path: None,
+        serial_path: fc::features(version)
+            .serial_config
+            .then(|| launched.vmm.console.clone())
+            .flatten(),
     };
     let plan = fc::launch_plan(&vm).map_err(|e| ApiError::failed(format!("firecracker: {e}")))?;
     let client = FcClient::new(&launched.api_socket);
@@ -236,6 +240,19 @@ pub async fn cleanup(d: &Shared, rec: &VmRecord, h: &Handles) {
         if let Err(e) = d.helper.remove_dm_snapshot("", snap).await {
             tracing::warn!(vm = %rec.name, error = %e, "remove root snapshot");
         }
+    }
+}
+
+/// Where the guest console of a Firecracker VM is written, on the host.
+pub fn console_log(d: &Shared, rec: &VmRecord, h: &Handles) -> PathBuf {
+    if h.jailed {
+        banger_vmm::jailer::JailerLayout::new(&d.cfg.layout.state_dir)
+            .host_path(&rec.id, banger_vmm::jailer::IN_JAIL_CONSOLE)
+    } else {
+        d.cfg
+            .layout
+            .vm_dir(&rec.id)
+            .join(banger_vmm::jailer::DIRECT_CONSOLE_NAME)
     }
 }
 

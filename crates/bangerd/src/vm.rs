@@ -403,7 +403,10 @@ async fn watch_exit(pid: u32) {
 /// A boot error that carries the end of the guest console, which is where
 /// the reason usually is.
 fn boot_failure(d: &Shared, rec: &VmRecord, what: &str) -> ApiError {
-    let log = vm_dir(d, rec).join("console.log");
+    let log = match Vmm::of(&rec.vmm) {
+        Vmm::Qemu => vm_dir(d, rec).join("console.log"),
+        Vmm::Firecracker => firecracker::console_log(d, rec, &handles::load(&vm_dir(d, rec))),
+    };
     let tail = std::fs::read_to_string(&log)
         .map(|s| {
             let lines: Vec<&str> = s.lines().collect();

@@ -41,6 +41,7 @@ pub const HOST_LIB_DIRS: [&str; 3] = ["/lib", "/lib64", "/usr/lib"];
 const KERNEL: &str = "vmlinux";
 const INITRD: &str = "initrd.img";
 const LOG: &str = "firecracker.log";
+const CONSOLE: &str = "console.log";
 const RUN: &str = "run";
 
 /// Builds the chroot of `vm_id`. It must not exist yet (run [`remove_chroot`]
@@ -84,8 +85,10 @@ pub fn stage(
         }
     }
     if spec.log {
-        let fd = create_new(&under, LOG, &shown.join(LOG))?;
-        fsx::set_owner_mode(&fd, &shown.join(LOG), 0o600, owner)?;
+        for name in [LOG, CONSOLE] {
+            let fd = create_new(&under, name, &shown.join(name))?;
+            fsx::set_owner_mode(&fd, &shown.join(name), 0o600, owner)?;
+        }
     }
 
     // Self-bind, then reopen by name so the descriptor is the new mount's

@@ -16,7 +16,7 @@ use banger_api::ApiError;
 use banger_paths::MAX_SOCKET_PATH;
 use banger_vmm::jailer::{
     direct_argv, jailer_argv, JailerArgs, JailerLayout, LaunchSpec, Launched, VmmPaths,
-    API_SOCKET_NAME, DIRECT_LOG_NAME, DIRECT_PIDFILE_NAME, VSOCK_SOCKET_NAME,
+    API_SOCKET_NAME, DIRECT_CONSOLE_NAME, DIRECT_LOG_NAME, DIRECT_PIDFILE_NAME, VSOCK_SOCKET_NAME,
 };
 use banger_vmm::proc::{self, FcMatch};
 use banger_vmm::spawn::{drop_privileges, spawn_detached};
@@ -159,7 +159,8 @@ pub fn direct(cfg: &HelperConfig, spec: &LaunchSpec) -> Result<Launched, ApiErro
     check_socket_len(&api)?;
     check_socket_len(&vsock)?;
     let log = if spec.log {
-        Some(create_direct_log(cfg, vm_id)?)
+        create_direct_log(cfg, vm_id, DIRECT_CONSOLE_NAME)?;
+        Some(create_direct_log(cfg, vm_id, DIRECT_LOG_NAME)?)
     } else {
         None
     };
@@ -225,22 +226,21 @@ pub fn direct(cfg: &HelperConfig, spec: &LaunchSpec) -> Result<Launched, ApiErro
     })
 }
 
-/// `<state>/vms/<id>/firecracker.log`, created for the owner if missing. An
-/// existing file is left exactly as it is (never chowned: it could be a
-/// hard link to anything).
-fn create_direct_log(cfg: &HelperConfig, vm_id: &str) -> Result<std::path::PathBuf, ApiError> {
+/// `<state>/vms/<id>/<name>` (the log, the console), created for the owner
+/// if missing. An existing file is left exactly as it is (never chowned: it
+/// could be a hard link to anything).
+fn create_direct_log(
+    cfg: &HelperConfig,
+    vm_id: &str,
+    name: &str,
+) -> Result<std::path::PathBuf, ApiError> {
     let dir_path = cfg.roots.vm_state_dir(vm_id);
-    let path = dir_path.join(DIRECT_LOG_NAME);
+    let path = dir_path.join(name);
     let dir = fsx::open_dir_beneath(&cfg.roots.state_dir, &dir_path)?
         .ok_or_else(|| ApiError::bad_request(format!("{} does not exist", dir_path.display())))?;
     let flags =
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    match openat(
-        &dir,
-        DIRECT_LOG_NAME,
-        flags,
-        Mode::from_bits_truncate(0o600),
-    ) {
+    match openat(&dir, name, flags, Mode::from_bits_truncate(0o600)) {
         Ok(fd) => fsx::set_owner_mode(&fd, &path, 0o600, (cfg.owner_uid, cfg.owner_gid))?,
         Err(nix::errno::Errno::EEXIST) => {}
         Err(e) => return Err(fsx::sys("create", &path)(e).into()),

@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use super::models::{
     ActionType, BootSource, Drive, EntropyDevice, FirecrackerVersion, InstanceActionInfo,
-    InstanceInfo, Logger, MachineConfiguration, Metrics, NetworkInterface, SnapshotCreateParams,
-    SnapshotLoadParams, Vm, VmState, Vsock,
+    InstanceInfo, Logger, MachineConfiguration, Metrics, NetworkInterface, SerialDevice,
+    SnapshotCreateParams, SnapshotLoadParams, Vm, VmState, Vsock,
 };
 
 /// How long an ordinary API call may take. Firecracker answers
@@ -150,6 +150,10 @@ impl FcClient {
 
     pub async fn put_metrics(&self, body: &Metrics) -> Result<(), FcError> {
         self.put("/metrics", body).await
+    }
+
+    pub async fn put_serial(&self, body: &SerialDevice) -> Result<(), FcError> {
+        self.put("/serial", body).await
     }
 
     pub async fn put_entropy(&self, body: &EntropyDevice) -> Result<(), FcError> {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::client::{FcClient, FcError};
 use super::models::{
     ActionType, BootSource, CacheType, Drive, EntropyDevice, InstanceActionInfo, Logger,
-    MachineConfiguration, Metrics, NetworkInterface, Vsock,
+    MachineConfiguration, Metrics, NetworkInterface, SerialDevice, Vsock,
 };
 
 /// Drive id of the root filesystem (the first virtio-blk device, `/dev/vda`).
@@ -47,6 +47,11 @@ pub struct FcVmConfig {
     pub log_path: Option<PathBuf>,
     /// Firecracker's metrics file, if wanted.
     pub metrics_path: Option<PathBuf>,
+    /// Where the guest console goes (an existing file), if wanted; only
+    /// for Firecracker versions with `PUT /serial` (see
+    /// [`super::version::Features::serial_config`]).
+    #[serde(default)]
+    pub serial_path: Option<PathBuf>,
 }
 
 /// HTTP methods a plan uses.
@@ -106,8 +111,8 @@ pub struct ApplyError {
     pub source: FcError,
 }
 
-/// The ordered API calls that configure and start `cfg`: logger and metrics
-/// first (so everything after them is logged), then machine, kernel,
+/// The ordered API calls that configure and start `cfg`: logger, metrics
+/// and serial console first (so everything after them is logged), then machine, kernel,
 /// drives, network, vsock, entropy, and finally `InstanceStart`.
 pub fn launch_plan(cfg: &FcVmConfig) -> Result<Vec<ApiCall>, PlanError> {
     if !(1..=32).contains(&cfg.vcpus) {
@@ -142,6 +147,12 @@ pub fn launch_plan(cfg: &FcVmConfig) -> Result<Vec<ApiCall>, PlanError> {
             metrics_path: utf8("metrics", metrics_path)?,
         };
         plan.push(put("/metrics", &body));
+    }
+    if let Some(serial) = &cfg.serial_path {
+        let body = SerialDevice {
+            serial_out_path: utf8("serial", serial)?,
+        };
+        plan.push(put("/serial", &body));
     }
     plan.push(put(
         "/machine-config",

@@ -118,6 +118,13 @@ pub struct Logger {
     pub show_log_origin: Option<bool>,
 }
 
+/// `PUT /serial`: where the guest's serial console (ttyS0) output goes.
+/// Without it a jailed Firecracker's console goes to jailer's /dev/null.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialDevice {
+    pub serial_out_path: PathBuf,
+}
+
 /// `PUT /metrics`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metrics {

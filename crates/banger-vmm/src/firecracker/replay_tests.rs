@@ -19,6 +19,7 @@ fn expected_order(with_log_and_metrics: bool) -> Vec<(String, String)> {
     if with_log_and_metrics {
         order.push("/logger");
         order.push("/metrics");
+        order.push("/serial");
     }
     order.extend([
         "/machine-config",
@@ -51,7 +52,7 @@ async fn the_launch_plan_applies_cleanly_against_both_specs() {
         }
         assert_eq!(fake.problems(), Vec::<String>::new(), "{version}");
         let bodies = fake.recorded().iter().filter(|r| r.body.is_some()).count();
-        assert_eq!(bodies, 10 + 8, "{version}: every body was recorded");
+        assert_eq!(bodies, 11 + 8, "{version}: every body was recorded");
         let info = client.describe_instance().await.unwrap();
         assert_eq!(info.state, InstanceInfo::RUNNING);
         assert_eq!(client.version().await.unwrap().firecracker_version, version);
@@ -78,6 +79,11 @@ async fn every_client_method_sends_a_valid_request() {
         .unwrap();
         c.put_metrics(&Metrics {
             metrics_path: p("/m"),
+        })
+        .await
+        .unwrap();
+        c.put_serial(&SerialDevice {
+            serial_out_path: p("/console.log"),
         })
         .await
         .unwrap();
@@ -151,6 +157,7 @@ async fn every_client_method_sends_a_valid_request() {
             ("GET", "/version"),
             ("PUT", "/logger"),
             ("PUT", "/metrics"),
+            ("PUT", "/serial"),
             ("PUT", "/machine-config"),
             ("PUT", "/boot-source"),
             ("PUT", "/drives/work"),
@@ -192,7 +199,7 @@ async fn a_refused_call_stops_the_plan_and_reports_firecrackers_reason() {
         )
         .await
         .unwrap_err();
-        assert_eq!((err.step, err.total), (7, 10), "{version}");
+        assert_eq!((err.step, err.total), (8, 11), "{version}");
         assert_eq!(err.path, "/network-interfaces/eth0");
         assert!(
             matches!(&err.source, FcError::Api { status, .. } if status.as_u16() == 400),
@@ -201,12 +208,12 @@ async fn a_refused_call_stops_the_plan_and_reports_firecrackers_reason() {
         assert_eq!(err.source.fault_message(), Some(fault));
         let msg = err.to_string();
         assert!(
-            msg.contains("step 7 of 10 (PUT /network-interfaces/eth0)"),
+            msg.contains("step 8 of 11 (PUT /network-interfaces/eth0)"),
             "{msg}"
         );
         assert!(msg.contains("Invalid TUN/TAP Backend"), "{msg}");
         // Nothing after the failed call was sent.
-        assert_eq!(fake.calls(), expected_order(true)[..7], "{version}");
+        assert_eq!(fake.calls(), expected_order(true)[..8], "{version}");
     }
 }
 

@@ -152,6 +152,12 @@ fn every_request() -> Vec<(&'static str, String, Value)> {
             metrics_path: p("/l/metrics"),
         }),
     );
+    put(
+        "/serial",
+        v(&SerialDevice {
+            serial_out_path: p("/console.log"),
+        }),
+    );
     put("/entropy", v(&EntropyDevice {}));
     for action in every_action() {
         put("/actions", v(&InstanceActionInfo::new(action)));

@@ -93,6 +93,11 @@ pub struct Features {
     /// appends `virtio_mmio.device=...` to the kernel command line itself,
     /// so the guest kernel needs `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`.
     pub acpi: bool,
+    /// `PUT /serial` sets where the guest console goes. Both specs banger
+    /// checks (1.14.1, 1.16.1) have it; banger uses it from the tested
+    /// 1.14.0 on (an assumption for 1.14.0 itself) and runs older releases
+    /// without a console log.
+    pub serial_config: bool,
     /// Firecracker boots a compressed bzImage directly rather than only an
     /// uncompressed ELF vmlinux. ASSUMPTION: taken as 1.16.0 and later,
     /// after upstream firecracker#6037 (July 2026) added bzImage direct
@@ -104,6 +109,7 @@ pub struct Features {
 pub fn features(v: SemVer) -> Features {
     Features {
         acpi: v >= SemVer::new(1, 8, 0),
+        serial_config: v >= SemVer::new(1, 14, 0),
         boots_bzimage: v >= SemVer::new(1, 16, 0),
     }
 }
@@ -282,20 +288,23 @@ mod tests {
     #[test]
     fn features_by_version() {
         let table = [
-            ((1, 5, 0), false, false),
-            ((1, 7, 9), false, false),
-            ((1, 8, 0), true, false),
-            ((1, 14, 1), true, false),
-            ((1, 15, 9), true, false),
-            ((1, 16, 0), true, true),
-            ((1, 16, 1), true, true),
-            ((2, 0, 0), true, true),
+            ((1, 5, 0), false, false, false),
+            ((1, 7, 9), false, false, false),
+            ((1, 8, 0), true, false, false),
+            ((1, 13, 9), true, false, false),
+            ((1, 14, 0), true, true, false),
+            ((1, 14, 1), true, true, false),
+            ((1, 15, 9), true, true, false),
+            ((1, 16, 0), true, true, true),
+            ((1, 16, 1), true, true, true),
+            ((2, 0, 0), true, true, true),
         ];
-        for ((a, b, c), acpi, boots_bzimage) in table {
+        for ((a, b, c), acpi, serial_config, boots_bzimage) in table {
             assert_eq!(
                 features(SemVer::new(a, b, c)),
                 Features {
                     acpi,
+                    serial_config,
                     boots_bzimage
                 },
                 "{a}.{b}.{c}"

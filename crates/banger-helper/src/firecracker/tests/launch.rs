@@ -53,6 +53,14 @@ fn assert_running(env: &Env, l: &Launched) {
         .unwrap()
         .contains("stand-in firecracker up"));
     assert_eq!(std::fs::metadata(log).unwrap().uid(), OWNER.0);
+    let console = l.vmm.console.as_ref().expect("console staged with the log");
+    let console = if console.is_absolute() && console.starts_with("/console.log") {
+        banger_vmm::jailer::JailerLayout::new(&env.roots().state_dir)
+            .host_path(&env.vm, "/console.log")
+    } else {
+        console.clone()
+    };
+    assert_eq!(std::fs::metadata(&console).unwrap().uid(), OWNER.0);
 }
 
 fn assert_cleaned(env: &Env, pid: Option<u32>) {
@@ -122,6 +130,10 @@ fn jailed_launch_stages_runs_and_is_cleaned_up() {
     let drives: Vec<_> = l.vmm.drives.iter().map(|d| d.path.clone()).collect();
     assert_eq!(drives, [PathBuf::from("/rootfs"), PathBuf::from("/work")]);
     assert_eq!(l.log_file, Some(layout.log(&env.vm)));
+    // The console file exists for the jailed owner to write (`PUT /serial`).
+    assert_eq!(l.vmm.console, Some(PathBuf::from("/console.log")));
+    let console = layout.host_path(&env.vm, "/console.log");
+    assert_eq!(std::fs::metadata(&console).unwrap().uid(), OWNER.0);
     assert!(layout.chroot(&env.vm).join("firecracker").is_file());
     assert!(env.mounts().contains(&layout.chroot(&env.vm)));
 

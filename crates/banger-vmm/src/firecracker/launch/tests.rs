@@ -20,6 +20,7 @@ pub(crate) fn full_config() -> FcVmConfig {
         guest_cid: 3,
         log_path: Some(PathBuf::from("/var/lib/banger/vms/a1/firecracker.log")),
         metrics_path: Some(PathBuf::from("/var/lib/banger/vms/a1/metrics.json")),
+        serial_path: Some(PathBuf::from("/var/lib/banger/vms/a1/console.log")),
     }
 }
 
@@ -29,6 +30,7 @@ pub(crate) fn minimal_config() -> FcVmConfig {
         initrd: None,
         log_path: None,
         metrics_path: None,
+        serial_path: None,
         ..full_config()
     }
 }
@@ -46,6 +48,10 @@ fn the_plan_is_pinned() {
         (
             "/metrics",
             json!({"metrics_path": "/var/lib/banger/vms/a1/metrics.json"}),
+        ),
+        (
+            "/serial",
+            json!({"serial_out_path": "/var/lib/banger/vms/a1/console.log"}),
         ),
         (
             "/machine-config",

@@ -56,18 +56,24 @@ pub async fn probe_firecracker(d: &Shared) -> FcStatus {
     .await
     .unwrap_or_else(|e| Err(format!("version probe panicked: {e}")));
     let accel = d.accel().await;
-    let unusable = match &version {
-        Err(e) => Some(e.clone()),
-        Ok(v) if version::classify(*v) == Support::TooOld => Some(format!(
+    // Every reason, not just the first: on a host without Firecracker and
+    // with a PVM-only KVM, installing Firecracker alone would not help.
+    let mut reasons = Vec::new();
+    match &version {
+        Err(e) => reasons.push(e.clone()),
+        Ok(v) if version::classify(*v) == Support::TooOld => reasons.push(format!(
             "firecracker v{v} is older than the oldest supported v{}",
             version::MIN_SUPPORTED
         )),
-        Ok(_) if accel.accel != banger_vmm::Accel::Kvm => Some(format!(
+        Ok(_) => {}
+    }
+    if accel.accel != banger_vmm::Accel::Kvm {
+        reasons.push(format!(
             "KVM cannot run standard guests here: {}",
             accel.reason
-        )),
-        Ok(_) => None,
-    };
+        ));
+    }
+    let unusable = (!reasons.is_empty()).then(|| reasons.join("; and "));
     FcStatus { version, unusable }
 }
 

@@ -19,12 +19,12 @@ use serde_json::Value;
 /// newest one it must work with.
 pub(crate) const VERSIONS: [&str; 2] = ["1.14.1", "1.16.1"];
 
-/// Where the spec files are: `$BANGER_FC_SPECS_DIR`, else `shared/specs`
-/// next to the repository checkout.
+/// Where the spec files are: `$BANGER_FC_SPECS_DIR`, else the unmodified
+/// copies in this crate's `specs/` (see its README for their origin).
 pub(crate) fn specs_dir() -> PathBuf {
     match std::env::var_os("BANGER_FC_SPECS_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/specs"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("specs"),
     }
 }
 
@@ -44,12 +44,12 @@ impl Spec {
                 "cannot read the Firecracker {version} API spec at {}: {e}\n\
                  The Firecracker spec tests need the official Swagger files \
                  (src/firecracker/swagger/firecracker.yaml at tag v{version}). \
-                 By default they are read from shared/specs next to the \
-                 repository checkout ({}); set BANGER_FC_SPECS_DIR to use \
-                 another folder holding firecracker-v{version}.yaml.",
+                 By default they are read from this crate's specs/ \
+                 ({}); set BANGER_FC_SPECS_DIR to use another folder \
+                 holding firecracker-v{version}.yaml.",
                 path.display(),
                 Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../../shared/specs")
+                    .join("specs")
                     .display(),
             )
         });

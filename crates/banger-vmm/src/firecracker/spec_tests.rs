@@ -412,3 +412,27 @@ fn response_models_match_the_spec() {
         }
     }
 }
+
+/// The copies in `specs/` are the published files, unmodified: where the
+/// project's shared copies sit next to the checkout, they must match.
+#[test]
+fn vendored_specs_match_the_published_ones() {
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/specs");
+    if !shared.is_dir() {
+        eprintln!(
+            "SKIPPED: no shared specs at {} to compare with",
+            shared.display()
+        );
+        return;
+    }
+    for version in super::spec::VERSIONS {
+        let name = format!("firecracker-v{version}.yaml");
+        let ours = std::fs::read(super::spec::specs_dir().join(&name)).unwrap();
+        let theirs = std::fs::read(shared.join(&name)).unwrap();
+        assert!(
+            ours == theirs,
+            "specs/{name} differs from {}",
+            shared.display()
+        );
+    }
+}

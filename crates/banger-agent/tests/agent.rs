@@ -18,19 +18,25 @@ struct Agent {
     _dir: tempfile::TempDir,
 }
 
+/// Runs the agent binary serving `sock` in `mode` (`--channel` or
+/// `--listen`), without touching this host's identity or power.
+fn spawn_agent(mode: &str, sock: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_banger-agent"))
+        .arg(mode)
+        .arg(sock)
+        .args(["--no-identity", "--dry-poweroff"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 /// Starts the agent on a fresh socket; returns it and the raw connection.
 async fn start_raw() -> (Agent, UnixStream) {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("agent.sock");
     let listener = UnixListener::bind(&sock).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_banger-agent"))
-        .arg("--channel")
-        .arg(&sock)
-        .args(["--no-identity", "--dry-poweroff"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let child = spawn_agent("--channel", &sock);
     let (stream, _) = timeout(T, listener.accept())
         .await
         .expect("the agent connects")
@@ -319,14 +325,7 @@ async fn the_agent_exits_when_its_socket_closes() {
 async fn listen_mode_serves_concurrent_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("listen.sock");
-    let _child = Command::new(env!("CARGO_BIN_EXE_banger-agent"))
-        .arg("--listen")
-        .arg(&sock)
-        .args(["--no-identity", "--dry-poweroff"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let _child = spawn_agent("--listen", &sock);
     let deadline = Instant::now() + T;
     let (first, pong) = banger_agent_proto::client::wait_ready(&sock, deadline)
         .await

@@ -18,6 +18,7 @@ pub mod client;
 pub mod dmsnap;
 pub mod firecracker;
 pub mod ops;
+pub mod pidfd;
 pub mod proto;
 pub mod server;
 pub mod validate;
@@ -26,3 +27,11 @@ pub use client::{HelperClient, HelperError};
 pub use ops::{Helper, HelperConfig};
 pub use proto::{HelperRequest, HelperResponse};
 pub use validate::Roots;
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    /// Whether the tests run as root (the privileged paths need it; CI is).
+    pub fn is_root() -> bool {
+        crate::firecracker::fsx::euid() == 0
+    }
+}

@@ -3,7 +3,7 @@
 //! request without that.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use banger_vmm::qemu::QemuConfig;
 use tokio::sync::Mutex;
 
 use crate::dmsnap::{self, DmHost};
+use crate::pidfd::{pidfd_kill, pidfd_open};
 use crate::proto::{HelperRequest, HelperResponse, VERSION};
 use crate::validate::{self, Roots};
 
@@ -198,38 +199,23 @@ pub fn launch(cfg: &HelperConfig, qemu: &QemuConfig) -> Result<u32, ApiError> {
 pub fn signal_vmm(roots: &Roots, vm_id: &str, pid: i32, sig: i32) -> Result<(), ApiError> {
     let not_ours =
         || ApiError::not_found(format!("pid {pid} is not the running VMM of vm {vm_id}"));
-    // SAFETY: pidfd_open takes a pid and a flags word and returns a new fd
-    // or -1; it touches no memory of ours.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if raw < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ESRCH) => Err(not_ours()),
-            Some(libc::ENOSYS) => {
-                signal_with_kill(roots, vm_id, pid, sig).map_err(|e| e.unwrap_or_else(not_ours))
+    // `pid` passed validate::pid, so it is positive.
+    let pidfd = match pidfd_open(pid as u32) {
+        Ok(fd) => fd,
+        Err(e) => {
+            return match e.raw_os_error() {
+                Some(libc::ESRCH) => Err(not_ours()),
+                Some(libc::ENOSYS) => {
+                    signal_with_kill(roots, vm_id, pid, sig).map_err(|e| e.unwrap_or_else(not_ours))
+                }
+                _ => Err(ApiError::failed(format!("pidfd_open({pid}): {e}"))),
             }
-            _ => Err(ApiError::failed(format!("pidfd_open({pid}): {e}"))),
-        };
-    }
-    // SAFETY: `raw` is a fresh descriptor returned to us and owned by nobody
-    // else; OwnedFd closes it exactly once.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        }
+    };
     if !crate::firecracker::is_our_vmm(roots, vm_id, pid as u32) {
         return Err(not_ours());
     }
-    // SAFETY: `pidfd` is a valid pidfd; a NULL siginfo means "as kill(2)",
-    // and flags must be 0.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
+    if let Err(e) = pidfd_kill(&pidfd, sig) {
         if e.raw_os_error() == Some(libc::ESRCH) {
             return Err(not_ours());
         }

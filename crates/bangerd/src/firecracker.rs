@@ -63,6 +63,7 @@ pub async fn launch(
     d: &Shared,
     rec: &VmRecord,
     img: &Image,
+    kind: CowKind,
     h: &mut Handles,
     op_id: &str,
 ) -> Result<(), ApiError> {
@@ -91,10 +92,6 @@ pub async fn launch(
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(|e| ApiError::failed(format!("kernel for firecracker v{version}: {e}")))?;
 
-    let kind: CowKind = rec
-        .root_cow
-        .parse()
-        .map_err(|e| ApiError::internal(format!("vm {:?}: {e}", rec.name)))?;
     let root: PathBuf = if kind == CowKind::DmSnapshot {
         let snap = d
             .helper
@@ -260,10 +257,9 @@ pub fn console_log(d: &Shared, rec: &VmRecord, h: &Handles) -> PathBuf {
 /// api socket under our runtime dir).
 pub fn is_ours(d: &Shared, rec: &VmRecord, h: &Handles, pid: u32) -> bool {
     use banger_vmm::proc::{is_firecracker_for, FcMatch};
+    let pidfile = banger_vmm::jailer::JailerLayout::new(&d.cfg.layout.state_dir).pidfile(&rec.id);
     let how = if h.jailed {
-        let pidfile =
-            banger_vmm::jailer::JailerLayout::new(&d.cfg.layout.state_dir).pidfile(&rec.id);
-        return is_firecracker_for(pid, &rec.id, FcMatch::Jailer { pidfile: &pidfile });
+        FcMatch::Jailer { pidfile: &pidfile }
     } else {
         FcMatch::Direct {
             runtime_dir: &d.cfg.layout.runtime_dir,

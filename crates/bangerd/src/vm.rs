@@ -283,11 +283,10 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
             )));
         }
     }
-    let probe = d.accel().await;
     let op_id = op.map(|o| o.id().to_string()).unwrap_or_default();
     // Firecracker always runs on KVM (it has no emulator).
     let probe = match vmm {
-        Vmm::Qemu => probe,
+        Vmm::Qemu => d.accel().await,
         Vmm::Firecracker => banger_vmm::AccelProbe {
             accel: banger_vmm::Accel::Kvm,
             reason: "firecracker".into(),
@@ -314,7 +313,7 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
 
     stage("vmm");
     if vmm == Vmm::Firecracker {
-        firecracker::launch(d, rec, &img, &mut h, &op_id).await?;
+        firecracker::launch(d, rec, &img, kind, &mut h, &op_id).await?;
         let pid = h.pid.expect("launch records the pid");
         stage("boot");
         let deadline = tokio::time::Instant::now() + d.cfg.boot_timeout;

@@ -22,10 +22,7 @@ fn secret() -> Vec<u8> {
     b"secret\n".repeat(1024)
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+use crate::testutil::is_root;
 
 struct Tree {
     dir: tempfile::TempDir,

@@ -6,7 +6,7 @@
 //! confirmed, what we started is killed on every error path ([`Spawned`]).
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{ChildStderr, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,7 @@ use super::checks::CheckedDrive;
 use super::fsx;
 use super::stage;
 use crate::ops::HelperConfig;
+use crate::pidfd::{pidfd_kill, pidfd_open};
 
 /// How long Firecracker gets to create its API socket. It needs
 /// milliseconds; jailer a few more.
@@ -61,35 +62,6 @@ impl Drop for Spawned {
             wait_gone(self.pid, Duration::from_secs(2));
         }
     }
-}
-
-pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and a flags word and returns a new fd
-    // or -1; it touches no memory of ours.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw as i32) })
-}
-
-pub fn pidfd_kill(fd: &OwnedFd, sig: i32) -> std::io::Result<()> {
-    // SAFETY: `fd` is a valid pidfd; a NULL siginfo means "as kill(2)",
-    // and flags must be 0.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Waits (bounded) until `pid` is gone or a zombie; true when it is.

@@ -31,9 +31,7 @@ use crate::ops::HelperConfig;
 
 const OWNER: (u32, u32) = (4242, 4343);
 
-pub fn is_root() -> bool {
-    fsx::euid() == 0
-}
+pub use crate::testutil::is_root;
 
 /// True (after saying why) when the test cannot run here.
 pub fn skip_unless_root(test: &str) -> bool {

@@ -7,10 +7,7 @@ use std::process::{Child, Command, Stdio};
 const VM: &str = "0123456789ab";
 const OTHER_VM: &str = "ba9876543210";
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+use crate::testutil::is_root;
 
 struct Env {
     dir: tempfile::TempDir,

@@ -8,11 +8,13 @@ mod error;
 mod name;
 mod size;
 mod types;
+mod workspace;
 
 pub use error::{ApiError, ErrorCode};
 pub use name::{validate_vm_name, NameError};
 pub use size::{format_size, parse_size, parse_size_mib};
 pub use types::*;
+pub use workspace::*;
 
 /// Header that carries the operation id on every request and response.
 pub const OP_ID_HEADER: &str = "x-banger-op-id";

@@ -123,6 +123,12 @@ pub struct VmInfo {
     pub created_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<i64>,
+    /// Outbound NAT for the guest (`--nat`).
+    #[serde(default)]
+    pub nat: bool,
+    /// The prepared workspace, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<crate::WorkspaceInfo>,
 }
 
 /// `POST /v1/vms`.
@@ -142,6 +148,9 @@ pub struct CreateVmRequest {
     /// Which VMM to use; absent: the daemon's configured default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm: Option<VmmChoice>,
+    /// Masquerade the guest's traffic out of the host's uplink.
+    #[serde(default)]
+    pub nat: bool,
 }
 
 /// Which VMM a VM runs under. `Auto` picks Firecracker when it is installed

@@ -74,6 +74,20 @@ ExecStart=/usr/bin/ssh-keygen -A
 WantedBy=multi-user.target
 ";
 
+/// sshd settings. The daemon generates each VM's host key before the VM
+/// first boots and puts it on the work disk (mounted at /root before sshd
+/// starts), so it can write known_hosts without trusting on first use. The
+/// key from `banger-ssh-keygen` stays as a fallback for a work disk without
+/// one. Root logs in with banger's key only.
+pub const SSHD_CONFIG: &str = "\
+# written by banger
+HostKey /root/.banger/ssh_host_ed25519_key
+HostKey /etc/ssh/ssh_host_ed25519_key
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+";
+
 /// Units a disposable VM does not need; masked to shorten boot.
 const MASKED_UNITS: &[&str] = &[
     "apt-daily.timer",
@@ -131,6 +145,7 @@ impl DebianBuild {
         }
         h.update(AGENT_UNIT);
         h.update(SSH_KEYGEN_UNIT);
+        h.update(SSHD_CONFIG);
         h.update(INITRAMFS_MODULES);
         h.update(Sha256::digest(&agent));
         Ok(hex::encode(h.finalize()))
@@ -287,6 +302,11 @@ pub fn customize_tree(tree: &Path, agent_bin: &Path) -> Result<(), ImageError> {
     link(
         "/etc/systemd/system/banger-ssh-keygen.service",
         &units.join("multi-user.target.wants/banger-ssh-keygen.service"),
+    )?;
+    write(
+        &tree.join("etc/ssh/sshd_config.d/banger.conf"),
+        SSHD_CONFIG.as_bytes(),
+        0o644,
     )?;
     for unit in MASKED_UNITS {
         link("/dev/null", &units.join(unit))?;

@@ -79,8 +79,10 @@ impl Store {
     pub fn insert_vm(&self, vm: &VmRecord) -> Result<(), StoreError> {
         let res = self.conn().execute(
             "INSERT INTO vms (id, name, state, error, image, vcpus, memory_mib, work_disk_mib,
-                              ip, mac, vmm, created_at, started_at, vmm_reason, root_cow)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                              ip, mac, vmm, created_at, started_at, vmm_reason, root_cow,
+                              nat, workspace_json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                     ?16, ?17)",
             params![
                 vm.id,
                 vm.name,
@@ -96,7 +98,9 @@ impl Store {
                 vm.created_at,
                 vm.started_at,
                 vm.vmm_reason,
-                vm.root_cow
+                vm.root_cow,
+                vm.nat,
+                vm.workspace_json
             ],
         );
         match res {
@@ -147,6 +151,17 @@ impl Store {
             ],
         )?;
         Ok(())
+    }
+
+    /// Records (or, with `None`, forgets) a VM's prepared workspace. Kept
+    /// apart from [`Store::update_vm`] so a lifecycle change holding an
+    /// older copy of the row never rolls the workspace back.
+    pub fn set_vm_workspace(&self, id: &str, json: Option<&str>) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE vms SET workspace_json = ?2 WHERE id = ?1",
+            params![id, json],
+        )?;
+        Ok(n == 1)
     }
 
     pub fn vm_by_name(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {

@@ -49,6 +49,15 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "ALTER TABLE vms ADD COLUMN vmm_reason TEXT;
          ALTER TABLE vms ADD COLUMN root_cow TEXT NOT NULL DEFAULT 'qcow2';",
     ),
+    (
+        3,
+        "workspace and nat per vm",
+        // workspace_json: the prepared workspace (guest path, host source,
+        // HEAD commit), NULL until `vm workspace prepare`. nat: outbound
+        // masquerade requested at create.
+        "ALTER TABLE vms ADD COLUMN workspace_json TEXT;
+         ALTER TABLE vms ADD COLUMN nat INTEGER NOT NULL DEFAULT 0;",
+    ),
 ];
 
 /// How a database relates to the migrations this binary knows.

@@ -22,11 +22,16 @@ pub struct VmRecord {
     pub root_cow: String,
     pub created_at: i64,
     pub started_at: Option<i64>,
+    /// Outbound NAT requested at create (`--nat`).
+    pub nat: bool,
+    /// The prepared workspace as JSON, owned by the daemon's workspace
+    /// service; written only by [`crate::Store::set_vm_workspace`].
+    pub workspace_json: Option<String>,
 }
 
 impl VmRecord {
     pub(crate) const COLUMNS: &'static str = "id, name, state, error, image, vcpus, memory_mib, \
-        work_disk_mib, ip, mac, vmm, created_at, started_at, vmm_reason, root_cow";
+        work_disk_mib, ip, mac, vmm, created_at, started_at, vmm_reason, root_cow, nat, workspace_json";
 
     pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<VmRecord> {
         Ok(VmRecord {
@@ -45,6 +50,8 @@ impl VmRecord {
             started_at: r.get(12)?,
             vmm_reason: r.get(13)?,
             root_cow: r.get(14)?,
+            nat: r.get(15)?,
+            workspace_json: r.get(16)?,
         })
     }
 }

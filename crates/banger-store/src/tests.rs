@@ -17,6 +17,8 @@ fn vm(id: &str, name: &str, ip: &str) -> VmRecord {
         root_cow: "qcow2".into(),
         created_at: 1,
         started_at: None,
+        nat: false,
+        workspace_json: None,
     }
 }
 
@@ -27,7 +29,7 @@ fn fresh_file_migrates_and_reports_each_state() {
     assert_eq!(
         inspect_schema(&path).unwrap(),
         SchemaState::MigrationsNeeded {
-            pending: vec![1, 2]
+            pending: vec![1, 2, 3]
         }
     );
     drop(Store::open(&path).unwrap());
@@ -153,11 +155,40 @@ fn migration_2_keeps_rows_from_before_the_firecracker_backend() {
     drop(conn);
     assert_eq!(
         inspect_schema(&path).unwrap(),
-        SchemaState::MigrationsNeeded { pending: vec![2] }
+        SchemaState::MigrationsNeeded {
+            pending: vec![2, 3]
+        }
     );
     let store = Store::open(&path).unwrap();
     let old = store.vm_by_name("old").unwrap().expect("row kept");
     assert_eq!(old.root_cow, "qcow2");
     assert_eq!(old.vmm_reason, None);
     assert_eq!(inspect_schema(&path).unwrap(), SchemaState::Compatible);
+}
+
+#[test]
+fn workspace_survives_reopen_and_lifecycle_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = Store::open(&path).unwrap();
+    let mut rec = vm("a1", "box", "172.30.0.2");
+    rec.nat = true;
+    store.insert_vm(&rec).unwrap();
+    let ws = r#"{"guest_path":"/root/repo"}"#;
+    assert!(store.set_vm_workspace("a1", Some(ws)).unwrap());
+    assert!(!store.set_vm_workspace("nope", Some(ws)).unwrap());
+    // A lifecycle update from a copy read before prepare keeps the workspace.
+    rec.state = "running".into();
+    store.update_vm(&rec).unwrap();
+    drop(store);
+    let again = Store::open(&path).unwrap();
+    let got = again.vm_by_name("box").unwrap().unwrap();
+    assert_eq!(got.workspace_json.as_deref(), Some(ws));
+    assert!(got.nat);
+    assert_eq!(got.state, "running");
+    again.set_vm_workspace("a1", None).unwrap();
+    assert_eq!(
+        again.vm_by_name("box").unwrap().unwrap().workspace_json,
+        None
+    );
 }

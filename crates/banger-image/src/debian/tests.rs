@@ -39,6 +39,16 @@ fn customize_installs_agent_and_strips_per_host_identity() {
     );
     assert!(!tree.join("etc/ssh/ssh_host_ed25519_key").exists());
     assert!(tree.join("etc/ssh/sshd_config").exists());
+    // The per-VM host key on the work disk is offered first.
+    let sshd = std::fs::read_to_string(tree.join("etc/ssh/sshd_config.d/banger.conf")).unwrap();
+    let keys: Vec<&str> = sshd.lines().filter(|l| l.starts_with("HostKey ")).collect();
+    assert_eq!(
+        keys,
+        [
+            "HostKey /root/.banger/ssh_host_ed25519_key",
+            "HostKey /etc/ssh/ssh_host_ed25519_key"
+        ]
+    );
     assert_eq!(std::fs::read(tree.join("etc/machine-id")).unwrap(), b"");
     let fstab = std::fs::read_to_string(tree.join("etc/fstab")).unwrap();
     assert!(fstab.contains("/dev/vdb /root ext4"));

@@ -13,6 +13,7 @@ mod errors;
 mod style;
 mod table;
 mod vmcmd;
+mod wscmd;
 
 pub fn version_line() -> String {
     format!(
@@ -29,7 +30,7 @@ pub fn version_line() -> String {
     about = "Disposable microVMs for developers",
     version = env!("CARGO_PKG_VERSION"),
     long_version = version_line(),
-    after_help = "Examples:\n  banger vm run -- uname -a\n  banger vm run --rm --vcpu 4 --memory 2G -- make test\n  banger vm create --name box && banger vm exec box -- ls\n  banger doctor"
+    after_help = "Examples:\n  banger vm run -- uname -a\n  banger vm run --rm ./my-repo -- make test\n  banger vm run --rm --vcpu 4 --memory 2G -- make test\n  banger vm create --name box && banger vm exec box -- ls\n  banger doctor"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -56,6 +57,12 @@ enum Cmd {
     Doctor(DoctorArgs),
     /// Print the version, commit and build time.
     Version,
+    /// Print banger's ssh_config include, or add it to ~/.ssh/config so
+    /// `ssh <name>.vm` works.
+    #[command(
+        after_help = "Examples:\n  banger ssh-config --install     # then: ssh box.vm\n  banger ssh-config --uninstall"
+    )]
+    SshConfig(wscmd::SshConfigArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -124,5 +131,6 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Ps(j) => vmcmd::vm(&layout, vmcmd::VmCmd::List(j)).await,
         Cmd::Vm(c) => vmcmd::vm(&layout, c).await,
         Cmd::Image(c) => vmcmd::image(&layout, c).await,
+        Cmd::SshConfig(a) => wscmd::ssh_config(&layout, a).await,
     }
 }

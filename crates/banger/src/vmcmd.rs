@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use banger_api::{
     format_size, validate_vm_name, BuildImageRequest, CheckStatus, CreateVmRequest, DoctorReport,
-    ExecEvent, ExecRequest, ImageInfo, KillRequest, OperationInfo, PruneResult, VmInfo, VmSpec,
+    ImageInfo, KillRequest, OperationInfo, PruneResult, VmInfo, VmSpec,
 };
 use banger_client::Client;
 use banger_paths::Layout;
@@ -23,9 +23,9 @@ pub enum VmCmd {
     Create(CreateArgs),
     /// Create a VM, run a command in it, print its output and exit with its code.
     #[command(
-        after_help = "Examples:\n  banger vm run -- uname -a\n  banger vm run --rm -- sh -c 'echo out; exit 42'   # exits 42, leaves nothing"
+        after_help = "Examples:\n  banger vm run -- uname -a\n  banger vm run --rm -- sh -c 'echo out; exit 42'   # exits 42, leaves nothing\n  banger vm run --rm ./my-repo -- make test         # the repo's tracked files, then make test in them\n  banger vm run -d --nat ./my-repo                  # create, copy, install mise tools, return\n  banger vm run ./my-repo                           # ... and open an ssh session in the repo"
     )]
-    Run(RunArgs),
+    Run(crate::wscmd::RunArgs),
     /// Start a stopped VM with the disks it kept.
     Start(NameArg),
     /// Flush the guest's disks, power it off, keep its disks.
@@ -44,9 +44,20 @@ pub enum VmCmd {
     List(JsonFlag),
     /// Show one VM.
     Show(NameArg),
-    /// Run a command in a running VM; exits with the command's code.
-    #[command(after_help = "Example:\n  banger vm exec box -- sh -c 'uname -a; exit 3'")]
-    Exec(ExecArgs),
+    /// Run a command in a running VM (in its workspace, if it has one);
+    /// exits with the command's code.
+    #[command(
+        after_help = "Examples:\n  banger vm exec box -- make test\n  banger vm exec box --auto-prepare -- cargo test   # re-copy the repo first if its HEAD moved\n  banger vm exec box --guest-path /tmp -- sh -c 'pwd; exit 3'"
+    )]
+    Exec(crate::wscmd::ExecArgs),
+    /// Open an ssh session to the VM, or run one command over ssh.
+    #[command(
+        after_help = "Examples:\n  banger vm ssh box\n  banger vm ssh box -- sh -c 'exit 42'   # exits 42"
+    )]
+    Ssh(crate::wscmd::SshArgs),
+    /// Copy a git checkout into a VM and bring the guest's changes back.
+    #[command(subcommand)]
+    Workspace(crate::wscmd::WorkspaceCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -115,6 +126,9 @@ pub struct ShapeArgs {
     /// or qemu. Default: `vmm` in config.toml, else auto.
     #[arg(long, value_name = "VMM")]
     vmm: Option<banger_api::VmmChoice>,
+    /// Give the guest outbound internet access (masquerade through the host).
+    #[arg(long)]
+    pub nat: bool,
 }
 
 #[derive(Args, Debug)]
@@ -125,30 +139,8 @@ pub struct CreateArgs {
     json: bool,
 }
 
-#[derive(Args, Debug)]
-pub struct RunArgs {
-    #[command(flatten)]
-    shape: ShapeArgs,
-    /// Delete the VM when the command ends.
-    #[arg(long)]
-    rm: bool,
-    /// The command to run in the guest.
-    #[arg(last = true, required = true)]
-    cmd: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-pub struct ExecArgs {
-    name: String,
-    /// Working directory in the guest (default /root).
-    #[arg(long)]
-    cwd: Option<String>,
-    #[arg(last = true, required = true)]
-    cmd: Vec<String>,
-}
-
 /// A client to a running daemon, starting it first if it is not running.
-async fn client(layout: &Layout) -> anyhow::Result<Client> {
+pub(crate) async fn client(layout: &Layout) -> anyhow::Result<Client> {
     let c = Client::new(layout.daemon_socket());
     if c.get::<banger_api::DaemonStatus>("/status").await.is_err() {
         eprintln!("{}", style::dim("starting bangerd..."));
@@ -157,12 +149,12 @@ async fn client(layout: &Layout) -> anyhow::Result<Client> {
     Ok(c)
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
-fn create_request(s: &ShapeArgs) -> anyhow::Result<CreateVmRequest> {
+pub(crate) fn create_request(s: &ShapeArgs) -> anyhow::Result<CreateVmRequest> {
     if let Some(name) = s.name.as_deref().filter(|n| !n.is_empty()) {
         validate_vm_name(name)?;
     }
@@ -191,6 +183,7 @@ fn create_request(s: &ShapeArgs) -> anyhow::Result<CreateVmRequest> {
         vcpus: s.vcpu,
         memory_mib: memory_mib.map(|m| m.min(u32::MAX as u64) as u32),
         work_disk_mib,
+        nat: s.nat,
     };
     let spec = VmSpec {
         vcpus: req.vcpus.unwrap_or(VmSpec::DEFAULT.vcpus),
@@ -276,37 +269,15 @@ async fn follow(c: &Client, op: OperationInfo, quiet: bool) -> anyhow::Result<Op
     Ok(cur)
 }
 
-async fn create_vm(c: &Client, req: &CreateVmRequest, quiet: bool) -> anyhow::Result<VmInfo> {
+pub(crate) async fn create_vm(c: &Client, req: &CreateVmRequest, quiet: bool) -> anyhow::Result<VmInfo> {
     let op: OperationInfo = c.post("/vms", req).await?;
     let done = follow(c, op, quiet).await?;
     done.vm
         .context("daemon reported no vm for a finished create")
 }
 
-/// Streams an exec to stdout/stderr and returns the guest exit code.
-async fn stream_exec(c: &Client, vm: &str, req: &ExecRequest) -> anyhow::Result<i32> {
-    let mut s = c.exec(vm, req).await?;
-    let mut out = std::io::stdout();
-    let mut err = std::io::stderr();
-    while let Some(ev) = s.next().await? {
-        match ev {
-            ExecEvent::Stdout { data } => {
-                out.write_all(&ExecEvent::decode(&data).map_err(anyhow::Error::msg)?)?;
-                out.flush()?;
-            }
-            ExecEvent::Stderr { data } => {
-                err.write_all(&ExecEvent::decode(&data).map_err(anyhow::Error::msg)?)?;
-                err.flush()?;
-            }
-            ExecEvent::Exit { code } => return Ok(code),
-            ExecEvent::Error { error } => return Err(banger_client::ClientError::Api(error).into()),
-        }
-    }
-    bail!("the exec stream ended without an exit code")
-}
-
 /// Exit codes outside 0..=255 (they cannot reach a shell) become 255.
-fn exit_byte(code: i32) -> u8 {
+pub(crate) fn exit_byte(code: i32) -> u8 {
     u8::try_from(code).unwrap_or(255)
 }
 
@@ -341,6 +312,22 @@ fn print_vm(v: &VmInfo) {
         println!("          {r}");
     }
     println!("root cow  {}", dash(v.root_cow.clone()));
+    println!("nat       {}", if v.nat { "on" } else { "off" });
+    match &v.workspace {
+        Some(w) => println!(
+            "workspace {} <- {} @ {} ({}{}, {})",
+            w.guest_path,
+            w.source_path,
+            w.head_commit
+                .as_deref()
+                .map(|h| &h[..h.len().min(12)])
+                .unwrap_or("no commits"),
+            w.mode,
+            if w.include_untracked { ", untracked" } else { "" },
+            ago(w.prepared_at)
+        ),
+        None => println!("workspace -"),
+    }
     match (&v.accel, &v.accel_reason) {
         (Some(a), Some(r)) => println!("accel     {a} ({r})"),
         (Some(a), None) => println!("accel     {a}"),
@@ -377,7 +364,10 @@ pub async fn vm(layout: &Layout, cmd: VmCmd) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        VmCmd::Run(a) => run(layout, a).await,
+        VmCmd::Run(a) => crate::wscmd::run(layout, a).await,
+        VmCmd::Exec(a) => crate::wscmd::exec(layout, a).await,
+        VmCmd::Ssh(a) => crate::wscmd::ssh(layout, a).await,
+        VmCmd::Workspace(c) => crate::wscmd::workspace(layout, c).await,
         VmCmd::Start(a) => lifecycle(layout, "start", a).await,
         VmCmd::Stop(a) => lifecycle(layout, "stop", a).await,
         VmCmd::Restart(a) => lifecycle(layout, "restart", a).await,
@@ -470,6 +460,10 @@ pub async fn vm(layout: &Layout, cmd: VmCmd) -> anyhow::Result<u8> {
                         v.spec.vcpus.to_string(),
                         format_size(v.spec.memory_mib as u64 * 1024 * 1024),
                         v.image.clone(),
+                        v.workspace
+                            .as_ref()
+                            .map(|w| w.guest_path.clone())
+                            .unwrap_or_else(|| "-".into()),
                         ago(v.created_at),
                     ]
                 })
@@ -477,7 +471,7 @@ pub async fn vm(layout: &Layout, cmd: VmCmd) -> anyhow::Result<u8> {
             print!(
                 "{}",
                 table::render(
-                    &["NAME", "STATE", "IP", "VCPU", "MEMORY", "IMAGE", "CREATED"],
+                    &["NAME", "STATE", "IP", "VCPU", "MEMORY", "IMAGE", "WORKSPACE", "CREATED"],
                     &rows
                 )
             );
@@ -493,21 +487,6 @@ pub async fn vm(layout: &Layout, cmd: VmCmd) -> anyhow::Result<u8> {
                 print_vm(&v);
             }
             Ok(0)
-        }
-        VmCmd::Exec(a) => {
-            check(&a.name)?;
-            let c = client(layout).await?;
-            let code = stream_exec(
-                &c,
-                &a.name,
-                &ExecRequest {
-                    argv: a.cmd,
-                    env: Vec::new(),
-                    cwd: a.cwd,
-                },
-            )
-            .await?;
-            Ok(exit_byte(code))
         }
     }
 }
@@ -525,35 +504,6 @@ pub async fn lifecycle(layout: &Layout, verb: &str, a: NameArg) -> anyhow::Resul
         println!("{} {}", v.name, v.state);
     }
     Ok(0)
-}
-
-async fn run(layout: &Layout, a: RunArgs) -> anyhow::Result<u8> {
-    let req = create_request(&a.shape)?;
-    let c = client(layout).await?;
-    let v = create_vm(&c, &req, false).await?;
-    let exec = ExecRequest {
-        argv: a.cmd,
-        env: Vec::new(),
-        cwd: None,
-    };
-    let result = tokio::select! {
-        r = stream_exec(&c, &v.name, &exec) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    if a.rm {
-        if let Err(e) = c.delete::<VmInfo>(&format!("/vms/{}", v.name)).await {
-            eprintln!("banger: could not delete vm {}: {e}", v.name);
-        }
-    } else {
-        eprintln!(
-            "{}",
-            style::dim(&format!(
-                "vm {} keeps running: `banger vm exec {} -- <cmd>`, `banger vm delete {}`",
-                v.name, v.name, v.name
-            ))
-        );
-    }
-    result.map(exit_byte)
 }
 
 pub async fn image(layout: &Layout, cmd: ImageCmd) -> anyhow::Result<u8> {
@@ -691,6 +641,7 @@ mod tests {
             memory: memory.map(str::to_string),
             disk: None,
             vmm: None,
+            nat: false,
         }
     }
 
@@ -744,6 +695,8 @@ mod tests {
             accel_reason: None,
             created_at: 0,
             started_at: None,
+            nat: false,
+            workspace: None,
         };
         let line = spec_line(&v);
         assert!(line.is_ascii(), "{line}");

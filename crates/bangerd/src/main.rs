@@ -19,7 +19,10 @@ mod install_hint;
 mod ops;
 mod routes;
 mod server;
+mod ssh;
 mod vm;
+mod workdisk;
+mod workspace;
 
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
@@ -92,6 +95,7 @@ async fn run(layout: banger_paths::Layout) -> anyhow::Result<()> {
     let store = banger_store::Store::open(&cfg.layout.db_path())?;
     let d: daemon::Shared = Arc::new(daemon::Daemon::new(cfg, store));
     vm::reconcile(&d).await;
+    ssh::refresh_config(&d);
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let app = routes::router(d.clone(), shutdown.clone());
     let sock = d.cfg.layout.daemon_socket();

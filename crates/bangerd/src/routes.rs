@@ -11,7 +11,7 @@ use banger_api::{
 
 use crate::daemon::Shared;
 use crate::server::{ndjson_body, Fail, OpId};
-use crate::{doctor, images, vm};
+use crate::{doctor, images, ssh, vm, workspace};
 
 type Res<T> = Result<Json<T>, Fail>;
 
@@ -26,6 +26,10 @@ pub fn router(d: Shared, shutdown: std::sync::Arc<tokio::sync::Notify>) -> Route
         .route("/vms/{name}/restart", post(restart_vm))
         .route("/vms/{name}/kill", post(kill_vm))
         .route("/vms/{name}/exec", post(exec_vm))
+        .route("/vms/{name}/workspace", post(prepare_workspace))
+        .route("/vms/{name}/workspace/export", post(export_workspace))
+        .route("/vms/{name}/ssh", get(ssh_info))
+        .route("/ssh-config", get(ssh_config))
         .route("/operations", get(list_ops))
         .route("/operations/{id}", get(get_op))
         .route("/images", get(list_images))
@@ -128,6 +132,40 @@ async fn exec_vm(
         .header("content-type", "application/x-ndjson")
         .body(ndjson_body(rx))
         .expect("static response parts"))
+}
+
+async fn prepare_workspace(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Json(req): Json<banger_api::PrepareWorkspaceRequest>,
+) -> Res<banger_api::PrepareWorkspaceResult> {
+    Ok(Json(workspace::prepare(d, name, req).await?))
+}
+
+async fn export_workspace(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Json(req): Json<banger_api::ExportWorkspaceRequest>,
+) -> Res<banger_api::ExportWorkspaceResult> {
+    Ok(Json(workspace::export(d, name, req).await?))
+}
+
+async fn ssh_info(State(d): State<Shared>, Path(name): Path<String>) -> Res<banger_api::SshInfo> {
+    let rec = vm::find(&d, &name)?;
+    if !vm::is_running(&d, &rec) {
+        return Err(Fail(ApiError::conflict(format!(
+            "vm {name:?} is not running; start it with `banger vm start {name}`"
+        ))));
+    }
+    Ok(Json(ssh::info(&d, &rec)?))
+}
+
+async fn ssh_config(State(d): State<Shared>) -> Res<banger_api::SshConfigInfo> {
+    // Make sure the file exists before anyone includes it.
+    ssh::refresh_config(&d);
+    Ok(Json(banger_api::SshConfigInfo {
+        include_path: ssh::include_path(&d).display().to_string(),
+    }))
 }
 
 async fn list_ops(State(d): State<Shared>) -> Res<Vec<banger_api::OperationInfo>> {

@@ -89,6 +89,8 @@ pub fn info(d: &Shared, rec: &VmRecord) -> VmInfo {
         accel_reason: h.accel_reason,
         created_at: rec.created_at,
         started_at: rec.started_at,
+        nat: rec.nat,
+        workspace: crate::workspace::recorded(rec),
     }
 }
 
@@ -165,6 +167,8 @@ pub async fn create(
             root_cow: CowKind::Qcow2Overlay.as_str().into(),
             created_at: now_unix(),
             started_at: None,
+            nat: req.nat,
+            workspace_json: None,
         };
         d.store.insert_vm(&rec).map_err(store_err)?;
         rec
@@ -196,11 +200,14 @@ async fn run_create(d: &Shared, op: &OpHandle, rec: &VmRecord) -> Result<VmInfo,
     let work_mib = rec.work_disk_mib;
     let vmm = Vmm::of(&rec.vmm);
     let jailer = d.cfg.settings.jailer;
-    let kind =
-        tokio::task::spawn_blocking(move || prepare_disks(&dir, &img, work_mib, vmm, jailer))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(failed("prepare disks"))?;
+    let client_key = crate::ssh::client_key(d)?;
+    let name = rec.name.clone();
+    let kind = tokio::task::spawn_blocking(move || {
+        prepare_disks(&dir, &img, work_mib, vmm, jailer, &name, &client_key)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(failed("prepare disks"))?;
     let mut rec = rec.clone();
     rec.root_cow = kind.as_str().into();
     d.store.update_vm(&rec).map_err(store_err)?;
@@ -208,6 +215,7 @@ async fn run_create(d: &Shared, op: &OpHandle, rec: &VmRecord) -> Result<VmInfo,
     rec.state = VmState::Running.as_str().into();
     rec.started_at = Some(now_unix());
     d.store.update_vm(&rec).map_err(store_err)?;
+    crate::ssh::refresh_config(d);
     Ok(info(d, &rec))
 }
 
@@ -223,13 +231,16 @@ async fn undo_create(d: &Shared, rec: &VmRecord) {
 
 /// The VM's copy-on-write root over the golden image (a qcow2 overlay for
 /// QEMU; see [`firecracker::prepare_root`] for Firecracker), and a fresh
-/// work disk seeded from the image's /root. Returns the root's kind.
+/// work disk seeded from the image's /root plus this VM's SSH keys (see
+/// [`crate::workdisk`]). Returns the root's kind.
 fn prepare_disks(
     dir: &std::path::Path,
     img: &images::Image,
     work_mib: u64,
     vmm: Vmm,
     jailer: bool,
+    name: &str,
+    client_key: &banger_ssh::ClientKey,
 ) -> Result<CowKind, String> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -249,13 +260,17 @@ fn prepare_disks(
         }
         Vmm::Firecracker => firecracker::prepare_root(jailer, dir, img)?,
     };
-    banger_image::ext4::pack_dir(
+    let host_key = crate::ssh::new_host_key(dir, name)?;
+    crate::workdisk::build(
         &img.manifest.work_seed_path(&img.dir),
         &dir.join("work.ext4"),
         work_mib,
-        "banger-work",
-    )
-    .map_err(|e| e.to_string())?;
+        &crate::workdisk::PerVm {
+            authorized_key: &client_key.public_openssh,
+            host_key: &host_key.private_openssh,
+            host_key_pub: &host_key.public_openssh,
+        },
+    )?;
     Ok(kind)
 }
 
@@ -461,7 +476,7 @@ fn set_state(
     d.store.update_vm(rec).map_err(store_err)
 }
 
-fn is_running(d: &Shared, rec: &VmRecord) -> bool {
+pub(crate) fn is_running(d: &Shared, rec: &VmRecord) -> bool {
     rec.state == VmState::Running.as_str() && vmm_alive(d, rec, &handles::load(&vm_dir(d, rec)))
 }
 
@@ -509,7 +524,7 @@ pub async fn start(d: Shared, name: String) -> Result<VmInfo, ApiError> {
 
 /// Runs `fut` in its own task: the work completes even if the client that
 /// asked for it disconnects.
-async fn spawn_detached<T: Send + 'static>(
+pub(crate) async fn spawn_detached<T: Send + 'static>(
     fut: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::spawn(fut)
@@ -611,6 +626,7 @@ async fn delete_locked(d: &Shared, rec: &VmRecord) -> Result<(), ApiError> {
     }
     d.store.delete_vm(&rec.id).map_err(store_err)?;
     d.forget_vm_lock(&rec.id);
+    crate::ssh::refresh_config(d);
     Ok(())
 }
 
@@ -655,7 +671,7 @@ pub async fn prune(d: Shared) -> Result<Vec<String>, ApiError> {
 }
 
 /// The VM's agent connection: cached, or dialled and pinged within `timeout`.
-async fn agent_for(
+pub(crate) async fn agent_for(
     d: &Shared,
     rec: &VmRecord,
     timeout: Duration,

@@ -6,10 +6,14 @@
 //! before the VM boots, so it can pin it in known_hosts from the start.
 //!
 //! - [`keys`]: the client key, per-VM host keys and known_hosts lines.
+//! - [`argv`]: the `ssh` argv for `banger vm ssh`, and POSIX shell quoting.
+//! - [`config`]: the banger-managed ssh_config include file.
 //! - [`fsutil`]: atomic file replacement.
 //!
 //! Nothing here reads `$HOME` or other environment: callers pass paths.
 
+pub mod argv;
+pub mod config;
 pub mod fsutil;
 pub mod keys;
 
@@ -18,6 +22,8 @@ mod testutil;
 
 use std::path::PathBuf;
 
+pub use argv::{shell_quote, ssh_argv, SshTarget};
+pub use config::render_config;
 pub use fsutil::write_atomic;
 pub use keys::{ensure_client_key, generate_host_key, known_hosts_line, ClientKey, HostKey};
 

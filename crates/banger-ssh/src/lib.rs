@@ -8,6 +8,7 @@
 //! - [`keys`]: the client key, per-VM host keys and known_hosts lines.
 //! - [`argv`]: the `ssh` argv for `banger vm ssh`, and POSIX shell quoting.
 //! - [`config`]: the banger-managed ssh_config include file.
+//! - [`include`]: adding (and removing) that include to `~/.ssh/config`.
 //! - [`fsutil`]: atomic file replacement.
 //!
 //! Nothing here reads `$HOME` or other environment: callers pass paths.
@@ -15,6 +16,7 @@
 pub mod argv;
 pub mod config;
 pub mod fsutil;
+pub mod include;
 pub mod keys;
 
 #[cfg(test)]
@@ -25,6 +27,7 @@ use std::path::PathBuf;
 pub use argv::{shell_quote, ssh_argv, SshTarget};
 pub use config::render_config;
 pub use fsutil::write_atomic;
+pub use include::{install_include, uninstall_include};
 pub use keys::{ensure_client_key, generate_host_key, known_hosts_line, ClientKey, HostKey};
 
 /// Everything that can go wrong here; each message names the file or value
@@ -62,6 +65,20 @@ pub enum SshError {
     InvalidAlias { alias: String, reason: &'static str },
     #[error("invalid ssh public key: {reason}")]
     InvalidPublicKey { reason: String },
+    #[error("path {} cannot be used in an ssh config: {reason}", .path.display())]
+    UnusablePath { path: PathBuf, reason: &'static str },
+    #[error(
+        "{} is a symlink to {}, which banger will not replace with a file; {advice}",
+        .path.display(),
+        .target.display()
+    )]
+    ConfigSymlink {
+        path: PathBuf,
+        target: PathBuf,
+        advice: String,
+    },
+    #[error("{} is not a regular file", .path.display())]
+    NotAFile { path: PathBuf },
 }
 
 impl SshError {

@@ -20,6 +20,8 @@ pub mod include;
 pub mod keys;
 
 #[cfg(test)]
+mod sshd_tests;
+#[cfg(test)]
 mod testutil;
 
 use std::path::PathBuf;

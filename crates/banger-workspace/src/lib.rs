@@ -1,0 +1,20 @@
+//! Host side of `banger vm workspace`: no VM, no daemon.
+//!
+//! `banger vm workspace prepare <vm> <repo>` ships a developer's git
+//! checkout into a VM at `/root/repo`; `banger vm workspace export` brings
+//! the guest's edits back as a patch. This crate is the host side of
+//! both; it starts with finding the checkout ([`open`]).
+//!
+//! Every git call is an argv (`std::process::Command`), never a shell
+//! line, and runs with `LC_ALL=C` and without the `GIT_DIR`-style
+//! variables that would point it at another repository.
+
+mod error;
+mod git;
+mod repo;
+
+#[cfg(test)]
+mod testutil;
+
+pub use error::WorkspaceError;
+pub use repo::{head_commit, mise_config, open, Repo};

@@ -3,7 +3,9 @@
 //! `banger vm workspace prepare <vm> <repo>` ships a developer's git
 //! checkout into a VM at `/root/repo`; `banger vm workspace export` brings
 //! the guest's edits back as a patch. This crate is the host side of
-//! both; it starts with finding the checkout ([`open`]).
+//! both: it finds the checkout ([`open`]) and decides what ships
+//! ([`select`]): git's index plus, on request, untracked files that are
+//! not ignored.
 //!
 //! Every git call is an argv (`std::process::Command`), never a shell
 //! line, and runs with `LC_ALL=C` and without the `GIT_DIR`-style
@@ -12,9 +14,11 @@
 mod error;
 mod git;
 mod repo;
+mod select;
 
 #[cfg(test)]
 mod testutil;
 
 pub use error::WorkspaceError;
 pub use repo::{head_commit, mise_config, open, Repo};
+pub use select::{select, Selection};

@@ -5,12 +5,15 @@
 //! the guest's edits back as a patch. This crate is the host side of
 //! both: it finds the checkout ([`open`]) and decides what ships
 //! ([`select`]): git's index plus, on request, untracked files that are
-//! not ignored.
+//! not ignored; and it streams those files as tar ([`write_tar`]) without
+//! ever following a symlink out of the repo.
 //!
 //! Every git call is an argv (`std::process::Command`), never a shell
 //! line, and runs with `LC_ALL=C` and without the `GIT_DIR`-style
 //! variables that would point it at another repository.
 
+mod archive;
+mod beneath;
 mod error;
 mod git;
 mod repo;
@@ -19,6 +22,7 @@ mod select;
 #[cfg(test)]
 mod testutil;
 
+pub use archive::{write_tar, TarStats};
 pub use error::WorkspaceError;
 pub use repo::{head_commit, mise_config, open, Repo};
 pub use select::{select, Selection};

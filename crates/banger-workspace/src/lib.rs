@@ -16,6 +16,7 @@ mod archive;
 mod beneath;
 mod error;
 mod git;
+pub mod guest;
 mod repo;
 mod select;
 

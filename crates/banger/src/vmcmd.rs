@@ -1,6 +1,6 @@
 //! `banger vm ...`, `banger image ...`, `banger doctor`, `banger operations`.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -269,7 +269,11 @@ async fn follow(c: &Client, op: OperationInfo, quiet: bool) -> anyhow::Result<Op
     Ok(cur)
 }
 
-pub(crate) async fn create_vm(c: &Client, req: &CreateVmRequest, quiet: bool) -> anyhow::Result<VmInfo> {
+pub(crate) async fn create_vm(
+    c: &Client,
+    req: &CreateVmRequest,
+    quiet: bool,
+) -> anyhow::Result<VmInfo> {
     let op: OperationInfo = c.post("/vms", req).await?;
     let done = follow(c, op, quiet).await?;
     done.vm
@@ -323,7 +327,11 @@ fn print_vm(v: &VmInfo) {
                 .map(|h| &h[..h.len().min(12)])
                 .unwrap_or("no commits"),
             w.mode,
-            if w.include_untracked { ", untracked" } else { "" },
+            if w.include_untracked {
+                ", untracked"
+            } else {
+                ""
+            },
             ago(w.prepared_at)
         ),
         None => println!("workspace -"),
@@ -471,7 +479,16 @@ pub async fn vm(layout: &Layout, cmd: VmCmd) -> anyhow::Result<u8> {
             print!(
                 "{}",
                 table::render(
-                    &["NAME", "STATE", "IP", "VCPU", "MEMORY", "IMAGE", "WORKSPACE", "CREATED"],
+                    &[
+                        "NAME",
+                        "STATE",
+                        "IP",
+                        "VCPU",
+                        "MEMORY",
+                        "IMAGE",
+                        "WORKSPACE",
+                        "CREATED"
+                    ],
                     &rows
                 )
             );

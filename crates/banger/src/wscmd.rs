@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use banger_api::{
     format_size, validate_guest_path, validate_vm_name, ExecEvent, ExecRequest,
-    ExportWorkspaceRequest, ExportWorkspaceResult, PrepareWorkspaceRequest,
-    PrepareWorkspaceResult, SshConfigInfo, SshInfo, VmInfo, VmState, WorkspaceInfo, WorkspaceMode,
-    DEFAULT_GUEST_PATH,
+    ExportWorkspaceRequest, ExportWorkspaceResult, PrepareWorkspaceRequest, PrepareWorkspaceResult,
+    SshConfigInfo, SshInfo, VmInfo, VmState, WorkspaceInfo, WorkspaceMode, DEFAULT_GUEST_PATH,
 };
 use banger_client::Client;
 use banger_paths::Layout;
@@ -26,10 +25,14 @@ use crate::vmcmd::{client, create_request, create_vm, exit_byte, print_json, Sha
 #[derive(Subcommand, Debug)]
 pub enum WorkspaceCmd {
     /// Copy a git checkout into the VM: git's tracked files plus `.git`.
-    #[command(after_help = "Examples:\n  banger vm workspace prepare box .\n  banger vm workspace prepare box ~/src/app --include-untracked\n  banger vm workspace prepare box . --dry-run          # list what would ship; no VM needed\n  banger vm workspace prepare box . --mode full_copy   # empty the guest path first")]
+    #[command(
+        after_help = "Examples:\n  banger vm workspace prepare box .\n  banger vm workspace prepare box ~/src/app --include-untracked\n  banger vm workspace prepare box . --dry-run          # list what would ship; no VM needed\n  banger vm workspace prepare box . --mode full_copy   # empty the guest path first"
+    )]
     Prepare(PrepareArgs),
     /// A patch of the guest's changes to the workspace (stdout, a file, or a new host branch).
-    #[command(after_help = "Examples:\n  banger vm workspace export box > changes.patch\n  banger vm workspace export box -o changes.patch\n  banger vm workspace export box --base-commit 1a2b3c4   # include commits made in the guest\n  banger vm workspace export box --apply-branch from-box   # commit onto a new branch of the host repo")]
+    #[command(
+        after_help = "Examples:\n  banger vm workspace export box > changes.patch\n  banger vm workspace export box -o changes.patch\n  banger vm workspace export box --base-commit 1a2b3c4   # include commits made in the guest\n  banger vm workspace export box --apply-branch from-box   # commit onto a new branch of the host repo"
+    )]
     Export(ExportArgs),
 }
 
@@ -251,7 +254,10 @@ fn dry_run(repo: &Path, opts: &WsOpts, json: bool) -> anyhow::Result<u8> {
         ))
     );
     for (p, why) in &sel.skipped {
-        eprintln!("{}", style::dim(&format!("  skipped {} ({why})", p.display())));
+        eprintln!(
+            "{}",
+            style::dim(&format!("  skipped {} ({why})", p.display()))
+        );
     }
     Ok(0)
 }
@@ -286,7 +292,11 @@ async fn export(layout: &Layout, a: ExportArgs) -> anyhow::Result<u8> {
             "{}",
             style::dim(&format!(
                 "wrote {} ({}) to {}",
-                if patch.is_empty() { "an empty patch" } else { "the patch" },
+                if patch.is_empty() {
+                    "an empty patch"
+                } else {
+                    "the patch"
+                },
                 format_size(patch.len() as u64),
                 path.display()
             ))
@@ -305,7 +315,11 @@ async fn export(layout: &Layout, a: ExportArgs) -> anyhow::Result<u8> {
         let repo = banger_workspace::open(Path::new(&ws.source_path))?;
         let msg = format!("banger: changes from vm {}", a.name);
         let sha = banger_workspace::apply_to_branch(&repo, &patch, &base, branch, &msg)?;
-        println!("created branch {branch} at {} in {}", short(&sha), repo.root.display());
+        println!(
+            "created branch {branch} at {} in {}",
+            short(&sha),
+            repo.root.display()
+        );
     } else if a.output.is_none() {
         let mut out = std::io::stdout().lock();
         out.write_all(&patch)?;
@@ -330,7 +344,12 @@ fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Streams an exec; `quiet_stdout` sends the guest's stdout to our stderr
 /// (setup steps whose output must not mix with the user's command).
-async fn stream(c: &Client, vm: &str, req: &ExecRequest, quiet_stdout: bool) -> anyhow::Result<i32> {
+async fn stream(
+    c: &Client,
+    vm: &str,
+    req: &ExecRequest,
+    quiet_stdout: bool,
+) -> anyhow::Result<i32> {
     let mut s = c.exec(vm, req).await?;
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
@@ -359,7 +378,12 @@ async fn stream(c: &Client, vm: &str, req: &ExecRequest, quiet_stdout: bool) -> 
 
 /// Runs `cmd` in the guest, in `cwd`, through `mise exec` when the guest
 /// has mise. Returns the guest's exit code.
-async fn exec_in(c: &Client, vm: &str, cwd: Option<String>, cmd: Vec<String>) -> anyhow::Result<i32> {
+async fn exec_in(
+    c: &Client,
+    vm: &str,
+    cwd: Option<String>,
+    cmd: Vec<String>,
+) -> anyhow::Result<i32> {
     let req = ExecRequest {
         argv: banger_workspace::guest::exec_argv(&cmd),
         env: Vec::new(),
@@ -435,13 +459,24 @@ pub async fn exec(layout: &Layout, a: ExecArgs) -> anyhow::Result<u8> {
     Ok(exit_byte(code))
 }
 
-/// `vm run [REPO] [-- cmd]`.
-pub async fn run(layout: &Layout, a: RunArgs) -> anyhow::Result<u8> {
+/// What `vm run` checked before creating anything: the repo, and which
+/// mise config (if any) asks for a tool bootstrap.
+struct RunPlan {
+    repo: Option<banger_workspace::Repo>,
+    mise: Option<&'static str>,
+}
+
+/// Every refusal `vm run` can make without a VM, so a bad combination never
+/// leaves one behind.
+fn plan_run(a: &RunArgs) -> anyhow::Result<RunPlan> {
     if a.detach && a.rm {
         bail!("-d/--detach keeps the VM running, --rm deletes it: pick one");
     }
     if a.detach && !a.cmd.is_empty() {
-        bail!("-d/--detach returns without running anything: drop `-- {}` or drop -d", a.cmd.join(" "));
+        bail!(
+            "-d/--detach returns without running anything: drop `-- {}` or drop -d",
+            a.cmd.join(" ")
+        );
     }
     if let Some(p) = &a.ws.guest_path {
         validate_guest_path(p).map_err(anyhow::Error::msg)?;
@@ -449,23 +484,40 @@ pub async fn run(layout: &Layout, a: RunArgs) -> anyhow::Result<u8> {
     let repo = match &a.repo {
         Some(path) => Some(banger_workspace::open(path)?),
         None => {
-            if a.ws.guest_path.is_some() || a.ws.include_untracked || a.ws.mode != WorkspaceMode::Overlay {
+            if a.ws.guest_path.is_some()
+                || a.ws.include_untracked
+                || a.ws.mode != WorkspaceMode::Overlay
+            {
                 bail!("--guest-path, --mode and --include-untracked describe a workspace: pass the repo, e.g. `banger vm run ./repo -- make test`");
             }
             None
         }
     };
-    let mise = repo.as_ref().and_then(|r| banger_workspace::mise_config(&r.root));
-    if let Some(cfg) = mise {
+    let mise = repo
+        .as_ref()
+        .and_then(|r| banger_workspace::mise_config(&r.root));
+    if let (Some(cfg), Some(r)) = (mise, &repo) {
         if !a.shape.nat && !a.no_bootstrap {
             bail!(
                 "{} has {cfg}: installing its tools in the guest needs the internet. \
                  Pass --nat to give the VM outbound access, or --no-bootstrap to skip the tool install",
-                repo.as_ref().map(|r| r.root.display().to_string()).unwrap_or_default()
+                r.root.display()
             );
         }
     }
-    if a.cmd.is_empty() && !a.detach && std::process::Command::new("ssh").arg("-V").output().is_err() {
+    Ok(RunPlan { repo, mise })
+}
+
+/// `vm run [REPO] [-- cmd]`.
+pub async fn run(layout: &Layout, a: RunArgs) -> anyhow::Result<u8> {
+    let RunPlan { repo, mise } = plan_run(&a)?;
+    if a.cmd.is_empty()
+        && !a.detach
+        && std::process::Command::new("ssh")
+            .arg("-V")
+            .output()
+            .is_err()
+    {
         bail!("without `-- <cmd>`, vm run opens an ssh session, but ssh is not installed (apt-get install openssh-client)");
     }
     let req = create_request(&a.shape)?;
@@ -498,7 +550,10 @@ async fn run_in(
     let mut cwd = None;
     if let Some(repo) = repo {
         let r = prepare(c, &v.name, &repo.root, &a.ws).await?;
-        eprintln!("{}", style::dim(&format!("  workspace    {}", describe(&r))));
+        eprintln!(
+            "{}",
+            style::dim(&format!("  workspace    {}", describe(&r)))
+        );
         cwd = Some(r.workspace.guest_path.clone());
         if has_mise && !a.no_bootstrap {
             eprintln!("{}", style::dim("  bootstrap    mise install"));
@@ -509,7 +564,10 @@ async fn run_in(
             };
             let code = stream(c, &v.name, &req, true).await?;
             if code != 0 {
-                bail!("tool bootstrap (`mise install`) failed in {} with exit code {code}", v.name);
+                bail!(
+                    "tool bootstrap (`mise install`) failed in {} with exit code {code}",
+                    v.name
+                );
             }
         }
     }
@@ -517,7 +575,10 @@ async fn run_in(
         println!("{}", v.name);
         eprintln!(
             "{}",
-            style::dim(&format!("vm {} is ready: `banger vm ssh {}`", v.name, v.name))
+            style::dim(&format!(
+                "vm {} is ready: `banger vm ssh {}`",
+                v.name, v.name
+            ))
         );
         return Ok(0);
     }
@@ -581,9 +642,17 @@ pub async fn ssh_config(layout: &Layout, a: SshConfigArgs) -> anyhow::Result<u8>
     let config = home.join(".ssh/config");
     if a.install {
         if banger_ssh::install_include(&home, &include)? {
-            println!("added an Include of {} to {}", include.display(), config.display());
+            println!(
+                "added an Include of {} to {}",
+                include.display(),
+                config.display()
+            );
         } else {
-            println!("{} already includes {}", config.display(), include.display());
+            println!(
+                "{} already includes {}",
+                config.display(),
+                include.display()
+            );
         }
         println!("`ssh <name>.vm` now reaches banger VMs");
     } else if a.uninstall {
@@ -596,8 +665,86 @@ pub async fn ssh_config(layout: &Layout, a: SshConfigArgs) -> anyhow::Result<u8>
         println!("{}", include.display());
         eprintln!(
             "{}",
-            style::dim("`banger ssh-config --install` adds `Include` of this file to ~/.ssh/config")
+            style::dim(
+                "`banger ssh-config --install` adds `Include` of this file to ~/.ssh/config"
+            )
         );
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(argv: &[&str]) -> RunArgs {
+        T::try_parse_from(std::iter::once("run").chain(argv.iter().copied()))
+            .unwrap()
+            .run
+    }
+
+    fn git(dir: &Path, argv: &[&str]) {
+        let ok = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@x"])
+            .args(argv)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {argv:?}");
+    }
+
+    fn refusal(argv: &[&str]) -> String {
+        match plan_run(&args(argv)) {
+            Ok(_) => panic!("{argv:?} was accepted"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn run_refuses_ambiguous_flags_before_creating_anything() {
+        assert!(refusal(&["-d", "--rm"]).contains("pick one"));
+        assert!(refusal(&["-d", "--", "make", "test"]).contains("drop `-- make test`"));
+        assert!(refusal(&["--include-untracked", "--", "ls"]).contains("pass the repo"));
+        assert!(refusal(&["--mode", "full_copy", "--", "ls"]).contains("pass the repo"));
+        assert!(refusal(&["--guest-path", "rel", "--", "ls"]).contains("absolute"));
+        assert!(refusal(&["/nonexistent-banger-repo", "--", "ls"]).contains("/nonexistent"));
+        assert!(plan_run(&args(&["--", "ls"])).is_ok());
+        assert!(plan_run(&args(&["-d"])).is_ok());
+    }
+
+    #[test]
+    fn a_mise_repo_needs_nat_or_no_bootstrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path();
+        git(repo, &["init", "-q"]);
+        std::fs::write(repo.join("a"), "a").unwrap();
+        git(repo, &["add", "a"]);
+        git(repo, &["commit", "-qm", "a"]);
+        let path = repo.to_str().unwrap();
+        let plan = plan_run(&args(&[path, "--", "true"])).unwrap();
+        assert_eq!(plan.mise, None);
+        std::fs::write(repo.join(".tool-versions"), "nodejs 20\n").unwrap();
+        let e = refusal(&[path, "--", "true"]);
+        assert!(
+            e.contains(".tool-versions") && e.contains("--nat") && e.contains("--no-bootstrap"),
+            "{e}"
+        );
+        assert_eq!(
+            plan_run(&args(&["--nat", path, "--", "true"]))
+                .unwrap()
+                .mise,
+            Some(".tool-versions")
+        );
+        assert!(plan_run(&args(&["--no-bootstrap", path, "--", "true"])).is_ok());
+    }
 }

@@ -57,8 +57,8 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
     for e in entries {
         let e = e.map_err(|e| format!("read {}: {e}", from.display()))?;
         let (src, dst) = (e.path(), to.join(e.file_name()));
-        let meta = std::fs::symlink_metadata(&src)
-            .map_err(|e| format!("stat {}: {e}", src.display()))?;
+        let meta =
+            std::fs::symlink_metadata(&src).map_err(|e| format!("stat {}: {e}", src.display()))?;
         let ft = meta.file_type();
         if ft.is_dir() {
             std::fs::create_dir(&dst).map_err(|e| format!("create {}: {e}", dst.display()))?;

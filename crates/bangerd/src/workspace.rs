@@ -126,7 +126,9 @@ pub async fn prepare(
             return Err(ApiError::failed(format!("reading the repo at {root}: {e}")));
         }
         let report = sent.map_err(|e| {
-            ApiError::failed(format!("copying the repo into vm {name:?} at {guest_path}: {e}"))
+            ApiError::failed(format!(
+                "copying the repo into vm {name:?} at {guest_path}: {e}"
+            ))
         })?;
 
         // Trust the repo's mise config in the guest; best effort by design.

@@ -425,6 +425,7 @@ fn unexpected(request: &'static str, event: &Event) -> ClientError {
         Event::Stderr { .. } => "stderr",
         Event::Exit { .. } => "exit",
         Event::Ok => "ok",
+        Event::Extracted { .. } => "extracted",
         Event::Error { .. } => "error",
     };
     ClientError::Unexpected { request, event }

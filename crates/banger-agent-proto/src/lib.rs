@@ -35,7 +35,15 @@
 //! An upload is `TarIn` (its id names the upload), then any number of
 //! `Chunk`s with that id, then `End` (answered with [`Event::Extracted`] or
 //! [`Event::Error`]) or `Cancel` (answered with an Error). Chunks whose id is
-//! no open upload are read and dropped, so the stream stays in step.
+//! no open upload are read and dropped, so the stream stays in step. A
+//! failing upload is answered with its Error at once, without waiting for
+//! End; the host should stop sending then (the rest would be dropped).
+//!
+//! Backpressure: the agent hands chunks to the extracting thread through a
+//! queue a few chunks deep and stops reading the stream while it is full,
+//! so a slow guest disk slows the host down instead of filling guest
+//! memory. The price: other requests on the same stream (a ping) may wait
+//! until the upload catches up or ends.
 //!
 //! Resynchronising around raw chunks: when the host side of a virtio-serial
 //! port goes away mid-chunk, the agent sees end-of-file and
@@ -47,7 +55,8 @@
 //! agent reads again, the agent never sees the end-of-file, and up to the
 //! rest of that chunk (at most 1 MiB) of the new host's frames are eaten as
 //! payload; those requests go unanswered (they time out) until the decoder
-//! is back in line mode.
+//! is back in line mode. (Under Firecracker every vsock connection is a
+//! session of its own, so nothing carries over from one host to the next.)
 //!
 //! The guest never sends raw chunks: its replies stay JSON lines.
 

@@ -13,6 +13,11 @@
 //!
 //! The clients are cheap to clone; clones share the connection. The
 //! connection ends when the last clone and the last [`ExecStream`] are gone.
+//!
+//! Uploads ([`AgentClient::tar_in`]) send raw chunks: a header line and
+//! its payload go out as one write, on a task of their own, so that a caller
+//! giving up halfway (a dropped future) cannot leave the agent expecting
+//! payload bytes that never come. An abandoned upload is canceled.
 
 use std::collections::HashMap;
 use std::io;
@@ -23,12 +28,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::{decode, decode_data, encode, Event, GuestFrame, HostFrame, Line, LineSplitter};
-use crate::{ProtoError, Request};
+use crate::{ProtoError, Request, MAX_CHUNK_IN_BYTES};
 
 /// Interval between readiness probes in [`wait_ready`].
 const READY_RETRY: Duration = Duration::from_millis(200);
@@ -64,6 +70,10 @@ pub enum ClientError {
     Proto(#[from] ProtoError),
     #[error("cannot connect to the agent socket {}: {source}", path.display())]
     Connect { path: PathBuf, source: io::Error },
+    /// Reading the archive to upload ([`AgentClient::tar_in`]) failed; the
+    /// upload was canceled.
+    #[error("cannot read the archive to upload: {source}")]
+    Input { source: io::Error },
     /// [`wait_ready`] ran out of time.
     #[error("the guest agent at {} did not answer within {waited:?}: {last}", path.display())]
     NotReady {
@@ -81,6 +91,15 @@ pub struct Pong {
     pub boot_id: String,
     pub hostname: String,
     pub agent_version: String,
+}
+
+/// What an upload ([`AgentClient::tar_in`]) did in the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TarInReport {
+    /// Archive entries extracted (files, directories, links).
+    pub entries: u64,
+    /// Bytes of regular-file content written.
+    pub bytes: u64,
 }
 
 /// One event of a running command.
@@ -221,6 +240,101 @@ impl AgentClient {
         Ok(stream)
     }
 
+    /// Streams the tar archive read from `reader` into `dest` in the guest.
+    /// `clear`: empty `dest` first. `answer_timeout` bounds only the wait for
+    /// the final answer after the last chunk.
+    ///
+    /// The archive goes out in raw chunks of up to [`MAX_CHUNK_IN_BYTES`],
+    /// as fast as the agent takes them (it reads them through a small
+    /// bounded queue, so a slow guest disk slows this down rather than
+    /// filling the guest's memory). Other requests on this connection may
+    /// wait behind a busy upload.
+    ///
+    /// Errors: the agent failing the upload is [`ClientError::Agent`],
+    /// returned as soon as the agent says so, without sending the rest of
+    /// the archive; what was extracted before the failure stays in the
+    /// guest. `reader` failing is [`ClientError::Input`] (the upload is
+    /// canceled). Dropping the returned future cancels the upload too.
+    pub async fn tar_in<R: AsyncRead + Unpin>(
+        &self,
+        dest: &str,
+        clear: bool,
+        mut reader: R,
+        answer_timeout: Duration,
+    ) -> Result<TarInReport, ClientError> {
+        let (route, mut rx) = self.register()?;
+        let id = route.id;
+        let req = Request::TarIn {
+            dest: dest.to_owned(),
+            clear,
+        };
+        self.send(id, req).await?;
+        let mut upload = CancelOnDrop {
+            conn: self.conn.clone(),
+            id,
+            armed: true,
+        };
+        let mut buf = vec![0u8; MAX_CHUNK_IN_BYTES];
+        loop {
+            // The agent answers before End only when the upload failed:
+            // stop sending then.
+            match rx.try_recv() {
+                Ok(event) => {
+                    upload.armed = false;
+                    return tar_in_answer(event);
+                }
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => {
+                    upload.armed = false;
+                    return Err(ClientError::Disconnected);
+                }
+            }
+            let read = tokio::select! {
+                biased;
+                event = rx.recv() => {
+                    upload.armed = false;
+                    return event.map_or(Err(ClientError::Disconnected), tar_in_answer);
+                }
+                read = fill(&mut reader, &mut buf) => read,
+            };
+            let len = match read {
+                Ok(0) => break,
+                Ok(len) => len,
+                Err(source) => {
+                    upload.armed = false;
+                    // Best effort: the read failure is what gets reported.
+                    let _ = self.send(id, Request::Cancel).await;
+                    return Err(ClientError::Input { source });
+                }
+            };
+            buf = self.send_chunk(id, buf, len).await?;
+        }
+        self.send(id, Request::End).await?;
+        upload.armed = false;
+        let event = tokio::time::timeout(answer_timeout, rx.recv())
+            .await
+            .map_err(|_| ClientError::Timeout {
+                request: "tar_in",
+                timeout: answer_timeout,
+            })?;
+        event.map_or(Err(ClientError::Disconnected), tar_in_answer)
+    }
+
+    /// Sends one chunk header and the first `len` bytes of `data` as its
+    /// payload, from a task of its own so that the write, once begun, ends
+    /// whole even if the caller gives up. Returns `data` for reuse.
+    async fn send_chunk(&self, id: u64, data: Vec<u8>, len: usize) -> Result<Vec<u8>, ClientError> {
+        let conn = self.conn.clone();
+        let task = tokio::spawn(async move {
+            let head = encode(&HostFrame {
+                id,
+                req: Request::Chunk { len: len as u64 },
+            });
+            conn.write(&head, &data[..len]).await.map(|()| data)
+        });
+        task.await.map_err(|_| ClientError::Disconnected)?
+    }
+
     /// Sends a request and waits (bounded) for its one final event.
     async fn call(
         &self,
@@ -281,30 +395,7 @@ impl AgentClient {
 
     /// Writes one frame. A failed write closes the client.
     async fn send(&self, id: u64, req: Request) -> Result<(), ClientError> {
-        let line = encode(&HostFrame { id, req });
-        let mut guard = self.conn.writer.lock().await;
-        if self.is_closed() {
-            return Err(ClientError::Disconnected);
-        }
-        let w = &mut *guard;
-        let written = async {
-            if w.torn {
-                // The previous write was cancelled, maybe mid-frame: end that
-                // torn line so the agent drops it, not this frame with it.
-                w.sink.write_all(b"\n").await?;
-            }
-            w.torn = true;
-            w.sink.write_all(&line).await?;
-            w.sink.flush().await?;
-            w.torn = false;
-            io::Result::Ok(())
-        }
-        .await;
-        if written.is_err() {
-            self.conn.demux.close();
-            return Err(ClientError::Disconnected);
-        }
-        Ok(())
+        self.conn.write(&encode(&HostFrame { id, req }), &[]).await
     }
 }
 
@@ -418,6 +509,33 @@ pub async fn wait_ready(
     }
 }
 
+/// Reads from `reader` until `buf` is full or the input ends; how many
+/// bytes it read (0: the input had ended).
+async fn fill<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]).await {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The final answer of an upload.
+fn tar_in_answer(event: Event) -> Result<TarInReport, ClientError> {
+    match event {
+        Event::Extracted { entries, bytes } => Ok(TarInReport { entries, bytes }),
+        Event::Error { message } => Err(ClientError::Agent {
+            request: "tar_in",
+            message,
+        }),
+        other => Err(unexpected("tar_in", &other)),
+    }
+}
+
 fn unexpected(request: &'static str, event: &Event) -> ClientError {
     let event = match event {
         Event::Pong { .. } => "pong",
@@ -425,6 +543,7 @@ fn unexpected(request: &'static str, event: &Event) -> ClientError {
         Event::Stderr { .. } => "stderr",
         Event::Exit { .. } => "exit",
         Event::Ok => "ok",
+        Event::Extracted { .. } => "extracted",
         Event::Error { .. } => "error",
     };
     ClientError::Unexpected { request, event }
@@ -446,6 +565,67 @@ struct Conn {
     writer: Mutex<FrameWriter>,
     next_id: AtomicU64,
     reader: AbortHandle,
+}
+
+impl Conn {
+    /// Writes one frame: a line (`head`, newline included), then `payload`
+    /// (the raw bytes of a chunk; empty for every other frame), as one unit
+    /// under the writer lock. A failed write closes the client.
+    async fn write(&self, head: &[u8], payload: &[u8]) -> Result<(), ClientError> {
+        let mut guard = self.writer.lock().await;
+        if self.demux.lock().closed {
+            return Err(ClientError::Disconnected);
+        }
+        let w = &mut *guard;
+        let written = async {
+            if w.torn {
+                // The previous write was cancelled, maybe mid-frame: end that
+                // torn line so the agent drops it, not this frame with it.
+                w.sink.write_all(b"\n").await?;
+            }
+            w.torn = true;
+            w.sink.write_all(head).await?;
+            if !payload.is_empty() {
+                w.sink.write_all(payload).await?;
+            }
+            w.sink.flush().await?;
+            w.torn = false;
+            io::Result::Ok(())
+        }
+        .await;
+        if written.is_err() {
+            self.demux.close();
+            return Err(ClientError::Disconnected);
+        }
+        Ok(())
+    }
+}
+
+/// Cancels an upload whose [`AgentClient::tar_in`] future was dropped
+/// before it ended the upload (from a task: drop cannot wait).
+struct CancelOnDrop {
+    conn: Arc<Conn>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let conn = self.conn.clone();
+        let frame = encode(&HostFrame {
+            id: self.id,
+            req: Request::Cancel,
+        });
+        runtime.spawn(async move {
+            let _ = conn.write(&frame, &[]).await;
+        });
+    }
 }
 
 impl Drop for Conn {

@@ -12,6 +12,53 @@
 //! the tail of an earlier frame; a line protocol resynchronises at the next
 //! newline (a partial line fails to parse and is dropped), where a length
 //! prefix would desynchronise the stream for good.
+//!
+//! # Raw chunks (host to guest only)
+//!
+//! Uploads ([`Request::TarIn`]) carry bulk data, a whole source tree. Base64
+//! inside JSON would cost a third more bytes and, worse, encoding and
+//! decoding every byte on a guest CPU that may be emulated (QEMU TCG runs
+//! 10-30x slower than native). So the bulk data travels raw: a
+//! [`Request::Chunk`] header line
+//!
+//! ```text
+//! {"id":N,"type":"chunk","len":L}\n<exactly L raw bytes>
+//! ```
+//!
+//! is followed on the wire by exactly `L` payload bytes (any bytes,
+//! newlines included; `L` at most [`MAX_CHUNK_IN_BYTES`]), after which line
+//! mode resumes. The reader learns the length from the header it just
+//! parsed ([`LineSplitter::push_with_raw`], [`HostDecoder`]), so the payload
+//! is never scanned for newlines nor parsed. The writer sends header and
+//! payload as one unit, so no other frame can land in between.
+//!
+//! An upload is `TarIn` (its id names the upload), then any number of
+//! `Chunk`s with that id, then `End` (answered with [`Event::Extracted`] or
+//! [`Event::Error`]) or `Cancel` (answered with an Error). Chunks whose id is
+//! no open upload are read and dropped, so the stream stays in step. A
+//! failing upload is answered with its Error at once, without waiting for
+//! End; the host should stop sending then (the rest would be dropped).
+//!
+//! Backpressure: the agent hands chunks to the extracting thread through a
+//! queue a few chunks deep and stops reading the stream while it is full,
+//! so a slow guest disk slows the host down instead of filling guest
+//! memory. The price: other requests on the same stream (a ping) may wait
+//! until the upload catches up or ends.
+//!
+//! Resynchronising around raw chunks: when the host side of a virtio-serial
+//! port goes away mid-chunk, the agent sees end-of-file and
+//! [`reset`](HostDecoder::reset)s its decoder, which forgets the rest of the
+//! chunk; the next host's bytes are read as lines again (its first frame
+//! starts on a fresh line). The agent also aborts every upload still open,
+//! so a half-sent archive is never taken for a whole one. One hole remains:
+//! if a host disconnects mid-chunk and the next one connects before the
+//! agent reads again, the agent never sees the end-of-file, and up to the
+//! rest of that chunk (at most 1 MiB) of the new host's frames are eaten as
+//! payload; those requests go unanswered (they time out) until the decoder
+//! is back in line mode. (Under Firecracker every vsock connection is a
+//! session of its own, so nothing carries over from one host to the next.)
+//!
+//! The guest never sends raw chunks: its replies stay JSON lines.
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -27,6 +74,8 @@ pub const VSOCK_PORT: u32 = 10700;
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 /// Largest payload the agent puts in one stdout/stderr event.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
+/// Largest raw payload of one [`Request::Chunk`] (host to guest).
+pub const MAX_CHUNK_IN_BYTES: usize = 1024 * 1024;
 
 /// A request from the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +102,26 @@ pub enum Request {
     Sync,
     /// Sync, then power the guest off; answered with Ok before powering off.
     Poweroff,
+    /// Opens an upload, named by this frame's id: a tar archive, sent in
+    /// [`Chunk`](Request::Chunk)s, to unpack into the guest directory `dest`
+    /// (absolute, normalised, not `/`; created if missing). `clear` empties
+    /// `dest` first. Answered, once [`End`](Request::End) came, with
+    /// [`Event::Extracted`]; or with an Error as soon as it fails (the
+    /// remaining chunks are then read and dropped).
+    TarIn {
+        dest: String,
+        #[serde(default)]
+        clear: bool,
+    },
+    /// The next `len` bytes on the wire, right after this header's newline,
+    /// are raw archive bytes for the upload with this id (see the module
+    /// docs). `len` is at most [`MAX_CHUNK_IN_BYTES`]. Not answered.
+    Chunk { len: u64 },
+    /// No more chunks for the upload with this id.
+    End,
+    /// Abandons the upload with this id; answered with an Error ("upload
+    /// canceled") unless the upload already sent its final answer.
+    Cancel,
 }
 
 /// An event from the guest, answering the request with the same id.
@@ -80,6 +149,9 @@ pub enum Event {
     Exit { code: i32 },
     /// The request succeeded (Sync, Poweroff).
     Ok,
+    /// An upload ([`Request::TarIn`]) was unpacked: how many archive entries
+    /// were extracted, and how many bytes of regular-file content written.
+    Extracted { entries: u64, bytes: u64 },
     /// The request failed; the message says why.
     Error { message: String },
 }
@@ -140,13 +212,17 @@ pub fn decode<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, ProtoError> {
     Ok(serde_json::from_slice(line)?)
 }
 
-/// One complete line handed out by [`LineSplitter::push`].
+/// One piece of input handed out by [`LineSplitter::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Line<'a> {
     /// A line without its newline; never empty, at most [`MAX_FRAME_BYTES`].
     Frame(&'a [u8]),
     /// A line longer than [`MAX_FRAME_BYTES`] was dropped; its length.
     TooLong(usize),
+    /// Part of the raw payload announced after a frame (see
+    /// [`LineSplitter::push_with_raw`]): the bytes, and how many payload
+    /// bytes are still to come after them (0: this was the last piece).
+    Raw { data: &'a [u8], remaining: u64 },
 }
 
 /// Cuts a byte stream into newline-terminated lines, both sides' reader.
@@ -156,11 +232,18 @@ pub enum Line<'a> {
 /// counted and dropped up to the next newline, and it comes out as
 /// [`Line::TooLong`]. Empty lines are skipped silently (a writer that was
 /// interrupted mid-frame terminates the torn line with a bare newline).
+///
+/// Raw mode: with [`push_with_raw`](Self::push_with_raw), the caller may
+/// answer a frame with a byte count; that many bytes after the frame's
+/// newline then come out as [`Line::Raw`] pieces, as they arrive (never
+/// buffered, never scanned for newlines), and line mode resumes after them.
 #[derive(Debug, Default)]
 pub struct LineSplitter {
     buf: Vec<u8>,
     /// Bytes dropped so far of an overlong line; `None` when not discarding.
     discarding: Option<usize>,
+    /// Raw payload bytes still expected before line mode resumes.
+    raw_left: u64,
 }
 
 impl LineSplitter {
@@ -170,8 +253,34 @@ impl LineSplitter {
 
     /// Feeds bytes; calls `on_line` for every line they complete.
     pub fn push(&mut self, data: &[u8], mut on_line: impl FnMut(Line<'_>)) {
+        self.push_with_raw(data, |line| {
+            on_line(line);
+            0
+        });
+    }
+
+    /// Like [`push`](Self::push), but for every [`Line::Frame`] `on_line`
+    /// returns how many raw bytes follow that frame on the wire (0: none).
+    /// Those bytes come out as [`Line::Raw`] pieces; what `on_line` returns
+    /// for other pieces is ignored.
+    pub fn push_with_raw(&mut self, data: &[u8], mut on_line: impl FnMut(Line<'_>) -> u64) {
         let mut rest = data;
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+        while !rest.is_empty() {
+            if self.raw_left > 0 {
+                let n =
+                    usize::try_from(self.raw_left).map_or(rest.len(), |left| left.min(rest.len()));
+                let (piece, tail) = rest.split_at(n);
+                rest = tail;
+                self.raw_left -= n as u64;
+                on_line(Line::Raw {
+                    data: piece,
+                    remaining: self.raw_left,
+                });
+                continue;
+            }
+            let Some(pos) = rest.iter().position(|&b| b == b'\n') else {
+                break;
+            };
             let head = &rest[..pos];
             rest = &rest[pos + 1..];
             if let Some(dropped) = self.discarding.take() {
@@ -181,7 +290,7 @@ impl LineSplitter {
                 if head.len() > MAX_FRAME_BYTES {
                     on_line(Line::TooLong(head.len()));
                 } else if !head.is_empty() {
-                    on_line(Line::Frame(head));
+                    self.raw_left = on_line(Line::Frame(head));
                 }
             } else {
                 let len = self.buf.len() + head.len();
@@ -189,7 +298,7 @@ impl LineSplitter {
                     on_line(Line::TooLong(len));
                 } else {
                     self.buf.extend_from_slice(head);
-                    on_line(Line::Frame(&self.buf));
+                    self.raw_left = on_line(Line::Frame(&self.buf));
                 }
                 self.buf.clear();
             }
@@ -207,17 +316,109 @@ impl LineSplitter {
         }
     }
 
-    /// Forgets a partial line, e.g. when the peer on the other end changed.
-    /// Returns how many bytes were dropped.
+    /// Forgets a partial line, and the rest of a raw payload being read,
+    /// e.g. when the peer on the other end changed: the next byte is read
+    /// as the start of a line. Returns how many bytes of a partial line were
+    /// dropped.
     pub fn reset(&mut self) -> usize {
         let dropped = self.buf.len() + self.discarding.take().unwrap_or(0);
         self.buf = Vec::new();
+        self.raw_left = 0;
         dropped
     }
 
     /// Bytes of the current, unfinished line.
     pub fn pending(&self) -> usize {
         self.buf.len() + self.discarding.unwrap_or(0)
+    }
+
+    /// Raw payload bytes still expected before line mode resumes.
+    pub fn raw_remaining(&self) -> u64 {
+        self.raw_left
+    }
+}
+
+/// One piece of host input handed out by [`HostDecoder::push`].
+#[derive(Debug)]
+pub enum HostInput<'a> {
+    /// A whole request. After a [`Request::Chunk`] header, its payload comes
+    /// as [`ChunkData`](HostInput::ChunkData) pieces (none when `len` is 0).
+    Frame(HostFrame),
+    /// Part of the payload of the last chunk header, whose id is `id`:
+    /// `remaining` payload bytes are still to come after `data` (0: the
+    /// chunk is complete). Every chunk's payload is handed out, even one
+    /// larger than [`MAX_CHUNK_IN_BYTES`], so the stream stays in step.
+    ChunkData {
+        id: u64,
+        data: &'a [u8],
+        remaining: u64,
+    },
+    /// A whole line that is not a request this side understands.
+    Invalid { line: &'a [u8], error: ProtoError },
+    /// A line longer than [`MAX_FRAME_BYTES`] was dropped; its length.
+    TooLong(usize),
+}
+
+/// The agent's reader: cuts the host's byte stream into requests, and
+/// hands out the raw payload that follows each [`Request::Chunk`] header.
+#[derive(Debug, Default)]
+pub struct HostDecoder {
+    lines: LineSplitter,
+    /// Id of the chunk whose payload is being read.
+    chunk_id: u64,
+}
+
+impl HostDecoder {
+    pub fn new() -> HostDecoder {
+        HostDecoder::default()
+    }
+
+    /// Feeds bytes as they arrive; calls `on_input` for every request and
+    /// every piece of chunk payload they complete.
+    pub fn push(&mut self, data: &[u8], mut on_input: impl FnMut(HostInput<'_>)) {
+        let chunk_id = &mut self.chunk_id;
+        self.lines.push_with_raw(data, |line| match line {
+            Line::Frame(bytes) => match decode::<HostFrame>(bytes) {
+                Ok(frame) => {
+                    let raw = match frame.req {
+                        Request::Chunk { len } => {
+                            *chunk_id = frame.id;
+                            len
+                        }
+                        _ => 0,
+                    };
+                    on_input(HostInput::Frame(frame));
+                    raw
+                }
+                Err(error) => {
+                    on_input(HostInput::Invalid { line: bytes, error });
+                    0
+                }
+            },
+            Line::TooLong(len) => {
+                on_input(HostInput::TooLong(len));
+                0
+            }
+            Line::Raw { data, remaining } => {
+                on_input(HostInput::ChunkData {
+                    id: *chunk_id,
+                    data,
+                    remaining,
+                });
+                0
+            }
+        });
+    }
+
+    /// Forgets a partial line and the rest of a chunk being read (the host
+    /// went away); see [`LineSplitter::reset`].
+    pub fn reset(&mut self) -> usize {
+        self.lines.reset()
+    }
+
+    /// Raw chunk bytes still expected before line mode resumes.
+    pub fn raw_remaining(&self) -> u64 {
+        self.lines.raw_remaining()
     }
 }
 
@@ -277,6 +478,7 @@ mod tests {
         splitter.push(data, |line| match line {
             Line::Frame(b) => out.push(Ok(b.to_vec())),
             Line::TooLong(n) => out.push(Err(n)),
+            Line::Raw { .. } => unreachable!("push never goes raw"),
         });
         out
     }
@@ -312,5 +514,253 @@ mod tests {
         let mut over = big;
         over.extend_from_slice(b"x\n");
         assert_eq!(lines(&mut s, &over), vec![Err(MAX_FRAME_BYTES + 1)]);
+    }
+
+    #[test]
+    fn upload_frames_are_flat_tagged_lines() {
+        let head = encode(&HostFrame {
+            id: 9,
+            req: Request::Chunk { len: 5 },
+        });
+        assert_eq!(head, b"{\"id\":9,\"type\":\"chunk\",\"len\":5}\n");
+        let open: HostFrame = decode(br#"{"id":9,"type":"tar_in","dest":"/src"}"#).unwrap();
+        assert_eq!(
+            open.req,
+            Request::TarIn {
+                dest: "/src".into(),
+                clear: false
+            }
+        );
+        assert_eq!(
+            std::str::from_utf8(&encode(&GuestFrame {
+                id: 9,
+                event: Event::Extracted {
+                    entries: 3,
+                    bytes: 10
+                }
+            }))
+            .unwrap(),
+            "{\"id\":9,\"type\":\"extracted\",\"entries\":3,\"bytes\":10}\n"
+        );
+        assert!(Event::Extracted {
+            entries: 0,
+            bytes: 0
+        }
+        .is_final());
+    }
+
+    /// What a [`HostDecoder`] made of some input, chunk payloads joined.
+    #[derive(Debug, PartialEq)]
+    enum Got {
+        Frame(HostFrame),
+        Chunk(u64, Vec<u8>),
+        Invalid(Vec<u8>),
+        TooLong(usize),
+    }
+
+    #[derive(Default)]
+    struct Collector {
+        decoder: HostDecoder,
+        got: Vec<Got>,
+        payload: Vec<u8>,
+    }
+
+    impl Collector {
+        fn push(&mut self, data: &[u8]) {
+            let (got, payload) = (&mut self.got, &mut self.payload);
+            self.decoder.push(data, |input| match input {
+                HostInput::Frame(f) => got.push(Got::Frame(f)),
+                HostInput::ChunkData {
+                    id,
+                    data,
+                    remaining,
+                } => {
+                    assert!(!data.is_empty());
+                    payload.extend_from_slice(data);
+                    if remaining == 0 {
+                        got.push(Got::Chunk(id, std::mem::take(payload)));
+                    }
+                }
+                HostInput::Invalid { line, .. } => got.push(Got::Invalid(line.to_vec())),
+                HostInput::TooLong(n) => got.push(Got::TooLong(n)),
+            });
+        }
+    }
+
+    fn frame(id: u64, req: Request) -> Vec<u8> {
+        encode(&HostFrame { id, req })
+    }
+
+    fn chunk(id: u64, payload: &[u8]) -> Vec<u8> {
+        let mut out = frame(
+            id,
+            Request::Chunk {
+                len: payload.len() as u64,
+            },
+        );
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A small upload with payloads full of newlines and frame look-alikes.
+    fn upload_message() -> (Vec<u8>, Vec<Got>) {
+        let p1: &[u8] = b"\n{\"id\":1,\"type\":\"ping\"}\n\n\x00\xff";
+        let p2: &[u8] = b"x\n";
+        let mut wire = frame(
+            3,
+            Request::TarIn {
+                dest: "/d".into(),
+                clear: true,
+            },
+        );
+        wire.extend(chunk(3, p1));
+        wire.extend(frame(4, Request::Ping));
+        wire.extend(chunk(3, b""));
+        wire.extend(chunk(3, p2));
+        wire.extend(b"junk\n");
+        wire.extend(frame(3, Request::End));
+        let want = vec![
+            Got::Frame(HostFrame {
+                id: 3,
+                req: Request::TarIn {
+                    dest: "/d".into(),
+                    clear: true,
+                },
+            }),
+            Got::Frame(HostFrame {
+                id: 3,
+                req: Request::Chunk {
+                    len: p1.len() as u64,
+                },
+            }),
+            Got::Chunk(3, p1.to_vec()),
+            Got::Frame(HostFrame {
+                id: 4,
+                req: Request::Ping,
+            }),
+            Got::Frame(HostFrame {
+                id: 3,
+                req: Request::Chunk { len: 0 },
+            }),
+            Got::Frame(HostFrame {
+                id: 3,
+                req: Request::Chunk { len: 2 },
+            }),
+            Got::Chunk(3, p2.to_vec()),
+            Got::Invalid(b"junk".to_vec()),
+            Got::Frame(HostFrame {
+                id: 3,
+                req: Request::End,
+            }),
+        ];
+        (wire, want)
+    }
+
+    #[test]
+    fn decoder_handles_every_split_of_an_upload() {
+        let (wire, want) = upload_message();
+        // Whole, byte by byte, and cut at every pair of points.
+        let mut c = Collector::default();
+        c.push(&wire);
+        assert_eq!(c.got, want);
+        let mut c = Collector::default();
+        for b in &wire {
+            c.push(std::slice::from_ref(b));
+        }
+        assert_eq!(c.got, want);
+        for i in 0..=wire.len() {
+            for j in i..=wire.len() {
+                let mut c = Collector::default();
+                c.push(&wire[..i]);
+                c.push(&wire[i..j]);
+                c.push(&wire[j..]);
+                assert_eq!(c.got, want, "cut at {i} and {j}");
+                assert_eq!(c.decoder.raw_remaining(), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn reset_mid_chunk_returns_to_line_mode() {
+        let (wire, _) = upload_message();
+        let header_end = wire.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let chunk_header_end =
+            header_end + wire[header_end..].iter().position(|&b| b == b'\n').unwrap() + 1;
+        // Everywhere inside the first chunk's payload, and inside its header.
+        for cut in header_end + 1..chunk_header_end + 5 {
+            let mut c = Collector::default();
+            c.push(&wire[..cut]);
+            c.decoder.reset();
+            assert_eq!(c.decoder.raw_remaining(), 0);
+            c.payload.clear();
+            c.got.clear();
+            // A new host starts on a fresh line.
+            c.push(b"\n");
+            c.push(&frame(8, Request::Ping));
+            assert_eq!(
+                c.got,
+                vec![Got::Frame(HostFrame {
+                    id: 8,
+                    req: Request::Ping
+                })],
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_chunks_are_still_skipped_whole() {
+        let mut c = Collector::default();
+        let big = vec![b'\n'; MAX_CHUNK_IN_BYTES + 10];
+        c.push(&chunk(5, &big));
+        c.push(&frame(6, Request::Ping));
+        assert_eq!(c.got.len(), 3);
+        assert_eq!(c.got[1], Got::Chunk(5, big));
+        assert_eq!(
+            c.got[2],
+            Got::Frame(HostFrame {
+                id: 6,
+                req: Request::Ping
+            })
+        );
+    }
+
+    #[test]
+    fn splitter_raw_pieces_count_down() {
+        let mut s = LineSplitter::new();
+        let mut out = Vec::new();
+        let mut feed = |s: &mut LineSplitter, data: &[u8]| {
+            s.push_with_raw(data, |line| match line {
+                Line::Frame(b) => {
+                    out.push(format!("frame {}", String::from_utf8_lossy(b)));
+                    if b == b"raw4" {
+                        4
+                    } else {
+                        0
+                    }
+                }
+                Line::Raw { data, remaining } => {
+                    out.push(format!("raw {:?} {remaining}", data));
+                    0
+                }
+                Line::TooLong(n) => {
+                    out.push(format!("long {n}"));
+                    0
+                }
+            })
+        };
+        feed(&mut s, b"raw4\na\n");
+        assert_eq!(s.raw_remaining(), 2);
+        feed(&mut s, b"\nbcd\n");
+        assert_eq!(s.raw_remaining(), 0);
+        assert_eq!(
+            out,
+            vec![
+                "frame raw4".to_string(),
+                "raw [97, 10] 2".into(),
+                "raw [10, 98] 0".into(),
+                "frame cd".into(),
+            ]
+        );
     }
 }

@@ -3,9 +3,14 @@
 
 use std::time::Duration;
 
-use banger_agent_proto::client::{wait_ready, AgentClient, ClientError, ExecEvent};
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use banger_agent_proto::client::{wait_ready, AgentClient, ClientError, ExecEvent, TarInReport};
 use banger_agent_proto::{decode, encode, Event, GuestFrame, HostFrame, Request};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use banger_agent_proto::{HostDecoder, HostInput, MAX_CHUNK_IN_BYTES};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::time::{timeout, Instant};
@@ -258,4 +263,261 @@ async fn wait_ready_probes_until_the_agent_answers() {
     assert!(!client.is_closed());
     drop(client);
     timeout(T, server).await.unwrap().unwrap();
+}
+
+/// The far end for uploads: reads frames and chunk payloads the way the
+/// agent does.
+struct RawPeer {
+    r: OwnedReadHalf,
+    w: OwnedWriteHalf,
+    decoder: HostDecoder,
+    /// Decoded frames; a chunk header comes with its whole payload.
+    queue: VecDeque<(HostFrame, Vec<u8>)>,
+    partial: Option<(HostFrame, Vec<u8>)>,
+}
+
+impl RawPeer {
+    fn new(peer: Peer) -> RawPeer {
+        RawPeer {
+            r: peer.lines.into_inner().into_inner(),
+            w: peer.w,
+            decoder: HostDecoder::new(),
+            queue: VecDeque::new(),
+            partial: None,
+        }
+    }
+
+    async fn recv(&mut self) -> (HostFrame, Vec<u8>) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(next) = self.queue.pop_front() {
+                return next;
+            }
+            let n = timeout(T, self.r.read(&mut buf))
+                .await
+                .expect("a frame in time")
+                .unwrap();
+            assert_ne!(n, 0, "EOF while waiting for a frame");
+            let (queue, partial) = (&mut self.queue, &mut self.partial);
+            self.decoder.push(&buf[..n], |input| match input {
+                HostInput::Frame(f) => match f.req {
+                    Request::Chunk { len: 0 } => queue.push_back((f, vec![])),
+                    Request::Chunk { .. } => *partial = Some((f, vec![])),
+                    _ => queue.push_back((f, vec![])),
+                },
+                HostInput::ChunkData {
+                    data, remaining, ..
+                } => {
+                    let (_, payload) = partial.as_mut().expect("payload after a header");
+                    payload.extend_from_slice(data);
+                    if remaining == 0 {
+                        queue.extend(partial.take());
+                    }
+                }
+                HostInput::Invalid { line, .. } => {
+                    panic!("bad line {:?}", String::from_utf8_lossy(line))
+                }
+                HostInput::TooLong(n) => panic!("overlong line of {n}"),
+            });
+        }
+    }
+
+    async fn send(&mut self, id: u64, event: Event) {
+        self.w
+            .write_all(&encode(&GuestFrame { id, event }))
+            .await
+            .unwrap();
+    }
+}
+
+fn raw_pair() -> (AgentClient, RawPeer) {
+    let (client, peer) = pair();
+    (client, RawPeer::new(peer))
+}
+
+#[tokio::test]
+async fn tar_in_streams_raw_chunks_then_ends() {
+    let (client, mut peer) = raw_pair();
+    let input: Vec<u8> = (0..MAX_CHUNK_IN_BYTES * 5 / 2)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let upload = {
+        let (c, input) = (client.clone(), input.clone());
+        tokio::spawn(async move { c.tar_in("/src", true, &input[..], T).await })
+    };
+    let (open, _) = peer.recv().await;
+    assert_eq!(
+        open.req,
+        Request::TarIn {
+            dest: "/src".into(),
+            clear: true
+        }
+    );
+    let mut got = Vec::new();
+    loop {
+        let (f, payload) = peer.recv().await;
+        assert_eq!(f.id, open.id);
+        match f.req {
+            Request::Chunk { len } => {
+                assert_eq!(len as usize, payload.len());
+                assert!(payload.len() <= MAX_CHUNK_IN_BYTES);
+                assert!(!payload.is_empty());
+                got.extend_from_slice(&payload);
+            }
+            Request::End => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(got == input, "the payload arrives intact");
+    peer.send(
+        open.id,
+        Event::Extracted {
+            entries: 3,
+            bytes: 7,
+        },
+    )
+    .await;
+    let report = upload.await.unwrap().unwrap();
+    assert_eq!(
+        report,
+        TarInReport {
+            entries: 3,
+            bytes: 7
+        }
+    );
+
+    // An empty input is an upload without chunks; the answer is awaited
+    // for at most answer_timeout.
+    let upload = {
+        let c = client.clone();
+        tokio::spawn(async move {
+            c.tar_in("/src", false, &b""[..], Duration::from_millis(100))
+                .await
+        })
+    };
+    let (open, _) = peer.recv().await;
+    let (end, _) = peer.recv().await;
+    assert_eq!((end.id, end.req), (open.id, Request::End));
+    let err = upload.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Timeout {
+                request: "tar_in",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn tar_in_stops_at_an_early_agent_error() {
+    let (client, mut peer) = raw_pair();
+    let upload = {
+        let c = client.clone();
+        // Endless input: only the agent's error can end this upload.
+        tokio::spawn(async move { c.tar_in("/src", false, tokio::io::repeat(b'x'), T).await })
+    };
+    let (open, _) = peer.recv().await;
+    peer.send(
+        open.id,
+        Event::Error {
+            message: "bad dest".into(),
+        },
+    )
+    .await;
+    // Keep reading what was already on its way, as the agent does.
+    let reader = tokio::spawn(async move {
+        loop {
+            peer.recv().await;
+        }
+    });
+    let err = timeout(T, upload).await.unwrap().unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Agent {
+                request: "tar_in",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("bad dest"), "{err}");
+    reader.abort();
+}
+
+/// Yields some bytes, then fails.
+struct FailingReader {
+    sent: bool,
+}
+
+impl AsyncRead for FailingReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.sent {
+            return Poll::Ready(Err(std::io::Error::other("disk on fire")));
+        }
+        self.sent = true;
+        buf.put_slice(b"some bytes");
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_failing_input_cancels_the_upload() {
+    let (client, mut peer) = raw_pair();
+    let upload = {
+        let c = client.clone();
+        tokio::spawn(async move {
+            c.tar_in("/src", false, FailingReader { sent: false }, T)
+                .await
+        })
+    };
+    let (open, _) = peer.recv().await;
+    let (cancel, _) = peer.recv().await;
+    assert_eq!((cancel.id, cancel.req), (open.id, Request::Cancel));
+    let err = upload.await.unwrap().unwrap_err();
+    assert!(matches!(err, ClientError::Input { .. }), "{err}");
+    assert!(err.to_string().contains("disk on fire"), "{err}");
+    assert!(!client.is_closed());
+}
+
+#[tokio::test]
+async fn a_dropped_upload_is_canceled_and_the_stream_stays_in_step() {
+    let (client, mut peer) = raw_pair();
+    let upload = {
+        let c = client.clone();
+        tokio::spawn(async move { c.tar_in("/src", false, tokio::io::repeat(b'\n'), T).await })
+    };
+    let (open, _) = peer.recv().await;
+    let (first, payload) = peer.recv().await;
+    assert_eq!(
+        first.req,
+        Request::Chunk {
+            len: MAX_CHUNK_IN_BYTES as u64
+        }
+    );
+    assert!(payload.iter().all(|&b| b == b'\n'));
+    upload.abort();
+    // Whatever chunks were under way arrive whole, then the Cancel.
+    loop {
+        let (f, _) = peer.recv().await;
+        assert_eq!(f.id, open.id);
+        match f.req {
+            Request::Chunk { .. } => {}
+            Request::Cancel => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let c = client.clone();
+    let ping = tokio::spawn(async move { c.ping(T).await });
+    let (f, _) = peer.recv().await;
+    assert_eq!(f.req, Request::Ping);
+    peer.send(f.id, pong()).await;
+    ping.await.unwrap().unwrap();
 }

@@ -6,6 +6,8 @@
 //! port 10700 (Firecracker), one session per connection. Newline-delimited
 //! JSON frames as defined by `banger-agent-proto`. Each request runs on its
 //! own thread; every frame goes out through one mutex-guarded writer.
+//! Uploads (tar archives in raw chunks) are unpacked by a thread each, fed
+//! through a bounded queue.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -23,6 +25,8 @@ mod exec;
 mod identity;
 mod listen;
 mod serve;
+mod untar;
+mod upload;
 
 const USAGE: &str = "\
 usage: banger-agent [--channel PATH | --listen PATH] [--no-identity] [--dry-poweroff]

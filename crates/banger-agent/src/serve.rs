@@ -7,15 +7,18 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use banger_agent_proto::{
-    decode, encode, Event, GuestFrame, HostFrame, Line, LineSplitter, Request, MAX_FRAME_BYTES,
+    encode, Event, GuestFrame, HostDecoder, HostFrame, HostInput, Request, MAX_FRAME_BYTES,
 };
 
 use crate::channel::{Channel, Kind};
 use crate::listen::Listener;
+use crate::upload::Uploads;
 use crate::{exec, Options};
 
 /// How long to wait before reading again while no host is connected.
 const IDLE_POLL: Duration = Duration::from_millis(50);
+/// Bytes read from the channel at once.
+const READ_BUFFER_BYTES: usize = 256 * 1024;
 /// Delay between answering Poweroff and powering off, so the answer leaves.
 const POWEROFF_DELAY: Duration = Duration::from_millis(100);
 /// Longest error message sent, in bytes.
@@ -106,6 +109,10 @@ pub fn serve_sessions(listener: &Listener, opts: Options) -> anyhow::Result<()> 
 }
 
 /// Reads requests until the channel fails (or, for a socket, closes).
+///
+/// Requests run on threads of their own, except uploads: their frames and
+/// chunks are handled right here (see `upload`), so this loop may wait on
+/// a busy extractor, and other requests with it.
 pub fn serve(chan: Channel, opts: &Options) -> anyhow::Result<()> {
     let Channel {
         mut reader,
@@ -114,8 +121,10 @@ pub fn serve(chan: Channel, opts: &Options) -> anyhow::Result<()> {
         path,
     } = chan;
     let out = Arc::new(Out::new(writer));
-    let mut splitter = LineSplitter::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut decoder = HostDecoder::new();
+    // Dropped on return, which aborts the session's open uploads.
+    let mut uploads = Uploads::default();
+    let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let mut host_connected = true;
     let mut dropped = 0u64;
     loop {
@@ -132,11 +141,13 @@ pub fn serve(chan: Channel, opts: &Options) -> anyhow::Result<()> {
                 }
                 Kind::Device => {
                     // virtio-serial: no host connected. A partial line is the
-                    // tail of the previous host's frame; forget it.
-                    splitter.reset();
+                    // tail of the previous host's frame, a partial chunk the
+                    // end of its upload: forget them.
+                    decoder.reset();
                     if host_connected {
                         log!("host not connected; waiting");
                         host_connected = false;
+                        uploads.abort_all("the host disconnected");
                     }
                     sleep(IDLE_POLL);
                     continue;
@@ -147,20 +158,27 @@ pub fn serve(chan: Channel, opts: &Options) -> anyhow::Result<()> {
             log!("host connected");
             host_connected = true;
         }
-        splitter.push(&buf[..n], |line| match line {
-            Line::Frame(bytes) => match decode::<HostFrame>(bytes) {
-                Ok(HostFrame { id, req }) => dispatch(id, req, &out, opts.dry_poweroff),
-                // A whole frame with an id, but a request this agent does not
-                // know (from a newer host?): say so rather than stay silent.
-                Err(e) => match frame_id(bytes) {
-                    Some(id) => {
-                        log!("request {id}: unsupported: {e}");
-                        out.error(id, format!("unsupported request: {e}"));
-                    }
-                    None => note_dropped(&mut dropped, bytes.len()),
-                },
+        decoder.push(&buf[..n], |input| match input {
+            HostInput::Frame(HostFrame { id, req }) => match req {
+                Request::TarIn { dest, clear } => uploads.open(id, dest, clear, &out),
+                Request::Chunk { len } => uploads.chunk_start(id, len),
+                Request::End => uploads.end(id),
+                Request::Cancel => uploads.cancel(id),
+                req => dispatch(id, req, &out, opts.dry_poweroff),
             },
-            Line::TooLong(len) => note_dropped(&mut dropped, len),
+            HostInput::ChunkData {
+                data, remaining, ..
+            } => uploads.chunk_data(data, remaining),
+            // A whole frame with an id, but a request this agent does not
+            // know (from a newer host?): say so rather than stay silent.
+            HostInput::Invalid { line, error } => match frame_id(line) {
+                Some(id) => {
+                    log!("request {id}: unsupported: {error}");
+                    out.error(id, format!("unsupported request: {error}"));
+                }
+                None => note_dropped(&mut dropped, line.len()),
+            },
+            HostInput::TooLong(len) => note_dropped(&mut dropped, len),
         });
     }
 }
@@ -207,6 +225,10 @@ fn handle(id: u64, req: Request, out: &Arc<Out>, dry_poweroff: bool) {
         Request::Sync => {
             sync();
             out.send(id, Event::Ok);
+        }
+        // Handled by the session's reader; never dispatched here.
+        Request::TarIn { .. } | Request::Chunk { .. } | Request::End | Request::Cancel => {
+            out.error(id, "upload frames are not requests of their own")
         }
         Request::Poweroff => {
             log!("request {id}: powering off");

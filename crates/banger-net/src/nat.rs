@@ -148,8 +148,8 @@ pub enum NatError {
 /// What [`ensure_vm_nat`] had to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NatChange {
-    /// The VM's rules were already in place; nft was not asked to change
-    /// anything.
+    /// The VM's rules were already in place and left alone (forwarding is
+    /// switched back on, with the marker, if someone had switched it off).
     Unchanged,
     /// The VM had no rules; they were added.
     Added,

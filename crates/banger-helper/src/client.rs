@@ -368,6 +368,38 @@ impl HelperClient {
             other => Err(self.protocol(format!("unexpected answer to fsck_snapshot: {other:?}"))),
         }
     }
+
+    /// Outbound NAT for a VM's guest address, leaving through anything but
+    /// `bridge`. Idempotent: repeat it on every start.
+    pub async fn ensure_nat(
+        &self,
+        op_id: &str,
+        vm_id: &str,
+        ip: Ipv4Addr,
+        bridge: &str,
+    ) -> Result<(), HelperError> {
+        self.expect_done(
+            op_id,
+            HelperRequest::EnsureNat {
+                vm_id: vm_id.to_string(),
+                ip,
+                bridge: bridge.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// Removes a VM's NAT rules (and banger's table with the last VM).
+    /// Idempotent.
+    pub async fn remove_nat(&self, op_id: &str, vm_id: &str) -> Result<(), HelperError> {
+        self.expect_done(
+            op_id,
+            HelperRequest::RemoveNat {
+                vm_id: vm_id.to_string(),
+            },
+        )
+        .await
+    }
 }
 
 fn snippet(b: &[u8]) -> String {

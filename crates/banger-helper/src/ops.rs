@@ -161,6 +161,32 @@ pub async fn execute(helper: &Arc<Helper>, req: HelperRequest) -> Result<HelperR
             blocking(move || crate::firecracker::cleanup(&roots, &vm_id)).await?;
             Ok(HelperResponse::Done)
         }
+        HelperRequest::EnsureNat { vm_id, ip, bridge } => {
+            // The rules' comment is built from vm_id: it must have passed.
+            validate::vm_id(&vm_id)?;
+            validate::bridge_name(&bridge)?;
+            validate::nat_guest(ip)?;
+            helper.require_root("ensure_nat")?;
+            let _g = helper.net_lock.lock().await;
+            blocking(move || {
+                banger_net::ensure_vm_nat(&vm_id, ip, &bridge)
+                    .map(drop)
+                    .map_err(|e| ApiError::failed(format!("ensure nat for vm {vm_id}: {e}")))
+            })
+            .await?;
+            Ok(HelperResponse::Done)
+        }
+        HelperRequest::RemoveNat { vm_id } => {
+            validate::vm_id(&vm_id)?;
+            helper.require_root("remove_nat")?;
+            let _g = helper.net_lock.lock().await;
+            blocking(move || {
+                banger_net::remove_vm_nat(&vm_id)
+                    .map_err(|e| ApiError::failed(format!("remove nat for vm {vm_id}: {e}")))
+            })
+            .await?;
+            Ok(HelperResponse::Done)
+        }
     }
 }
 

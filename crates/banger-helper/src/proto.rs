@@ -70,6 +70,20 @@ pub enum HelperRequest {
     /// Stop the VM's Firecracker if it still runs, unmount and remove its
     /// chroot, remove its socket links. Nothing there is fine.
     CleanupFirecracker { vm_id: String },
+    /// Outbound NAT for one VM (see `banger_net::nat`): in banger's own
+    /// nftables table, masquerade `ip` (the guest's /32) leaving through
+    /// any interface but `bridge`, accept its forwarding, and switch IPv4
+    /// forwarding on if it is off. Idempotent; a different address or bridge
+    /// replaces the VM's rules.
+    EnsureNat {
+        vm_id: String,
+        ip: Ipv4Addr,
+        bridge: String,
+    },
+    /// Remove the NAT rules of `vm_id`; with the last VM the whole table
+    /// goes, and forwarding is switched back off if banger switched it on.
+    /// Nothing there is fine.
+    RemoveNat { vm_id: String },
 }
 
 impl HelperRequest {
@@ -89,6 +103,8 @@ impl HelperRequest {
             HelperRequest::FsckSnapshot { .. } => "fsck_snapshot",
             HelperRequest::LaunchFirecracker(_) => "launch_firecracker",
             HelperRequest::CleanupFirecracker { .. } => "cleanup_firecracker",
+            HelperRequest::EnsureNat { .. } => "ensure_nat",
+            HelperRequest::RemoveNat { .. } => "remove_nat",
         }
     }
 }
@@ -206,6 +222,39 @@ mod tests {
         ] {
             // (Unknown fields are refused on every op with fields; serde cannot
             // apply that to the field-less `ping`, where they are harmless.)
+            assert!(serde_json::from_str::<HelperRequest>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nat_ops_on_the_wire() {
+        let ensure = HelperRequest::EnsureNat {
+            vm_id: "0123456789ab".into(),
+            ip: Ipv4Addr::new(172, 30, 0, 2),
+            bridge: "br-fc".into(),
+        };
+        let s = serde_json::to_string(&ensure).unwrap();
+        assert_eq!(
+            s,
+            r#"{"op":"ensure_nat","vm_id":"0123456789ab","ip":"172.30.0.2","bridge":"br-fc"}"#
+        );
+        assert_eq!(serde_json::from_str::<HelperRequest>(&s).unwrap(), ensure);
+        assert_eq!(ensure.op_name(), "ensure_nat");
+        let remove = HelperRequest::RemoveNat {
+            vm_id: "0123456789ab".into(),
+        };
+        let s = serde_json::to_string(&remove).unwrap();
+        assert_eq!(s, r#"{"op":"remove_nat","vm_id":"0123456789ab"}"#);
+        assert_eq!(serde_json::from_str::<HelperRequest>(&s).unwrap(), remove);
+        assert_eq!(remove.op_name(), "remove_nat");
+        for bad in [
+            r#"{"op":"ensure_nat","vm_id":"0123456789ab","ip":"fd00::2","bridge":"br-fc"}"#,
+            r#"{"op":"ensure_nat","vm_id":"0123456789ab","ip":"172.30.0.2/24","bridge":"br-fc"}"#,
+            r#"{"op":"ensure_nat","vm_id":"0123456789ab","ip":"172.30.0.2"}"#,
+            r#"{"op":"ensure_nat","vm_id":"0123456789ab","ip":"172.30.0.2","bridge":"br-fc","comment":"x"}"#,
+            r#"{"op":"remove_nat","vm_id":"0123456789ab","table":"filter"}"#,
+            r#"{"op":"remove_nat"}"#,
+        ] {
             assert!(serde_json::from_str::<HelperRequest>(bad).is_err(), "{bad}");
         }
     }

@@ -249,6 +249,10 @@ fn subject(req: &HelperRequest) -> String {
             if spec.jailer { "jailer" } else { "direct" }
         ),
         HelperRequest::CleanupFirecracker { vm_id } => format!("vm {vm_id}"),
+        HelperRequest::EnsureNat { vm_id, ip, bridge } => {
+            format!("vm {vm_id} {ip} via {bridge}")
+        }
+        HelperRequest::RemoveNat { vm_id } => format!("vm {vm_id}"),
     }
 }
 

@@ -428,6 +428,29 @@ pub fn chown_target<'r>(path: &Path, roots: &'r Roots) -> Result<&'r Path, Inval
     ))
 }
 
+/// A guest address to NAT ([`crate::proto::HelperRequest::EnsureNat`]):
+/// from the same ranges the bridge's own address must come from
+/// ([`bridge_address`]: RFC 1918 private, or RFC 6598 shared
+/// 100.64.0.0/10), which also rules out unspecified, broadcast, multicast,
+/// loopback and link-local addresses. The helper is not told the VM subnet,
+/// so this is the tightest check it can make: a public address would turn
+/// the rule into masquerading someone else's traffic.
+pub fn nat_guest(ip: Ipv4Addr) -> Result<(), Invalid> {
+    let o = ip.octets();
+    let shared = o[0] == 100 && (o[1] & 0xc0) == 64;
+    let special = ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_loopback()
+        || ip.is_link_local();
+    if special || !(ip.is_private() || shared) {
+        return invalid(format!(
+            "invalid guest address {ip} for NAT: must be private (10/8, 172.16/12, 192.168/16) or 100.64/10"
+        ));
+    }
+    Ok(())
+}
+
 pub mod dm;
 
 #[cfg(test)]

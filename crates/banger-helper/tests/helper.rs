@@ -627,3 +627,139 @@ async fn firecracker_ops_are_routed_and_validated() {
     assert_eq!(ops.len(), 1);
     assert_eq!(ops[0]["op"], "cleanup_firecracker");
 }
+
+/// Runs `f` on a thread that joined the network namespace of `pid`; any
+/// process it spawns (nft) is in that namespace too.
+fn in_netns_of_sync<T: Send + 'static>(pid: i32, f: impl FnOnce() -> T + Send + 'static) -> T {
+    in_netns_of(pid, move || Box::pin(async move { f() }))
+}
+
+fn have_nft() -> bool {
+    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+}
+
+/// `nft -j list ruleset` in the helper's namespace: the rules carrying the
+/// comment of `vm_id` (any table) and whether banger's table exists.
+fn nat_state_in(pid: i32, vm_id: &'static str) -> (usize, bool) {
+    in_netns_of_sync(pid, move || {
+        let out = Command::new("nft")
+            .args(["-j", "list", "ruleset"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let objs = v["nftables"].as_array().unwrap();
+        let tag = format!("banger-vm:{vm_id}");
+        let rules = objs
+            .iter()
+            .filter_map(|o| o.get("rule"))
+            .filter(|r| r["comment"] == tag.as_str())
+            .count();
+        let table = objs
+            .iter()
+            .filter_map(|o| o.get("table"))
+            .any(|t| t["family"] == "ip" && t["name"] == "banger");
+        (rules, table)
+    })
+}
+
+fn ip_forward_in(pid: i32) -> String {
+    in_netns_of_sync(pid, || {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+            .unwrap()
+            .trim()
+            .to_string()
+    })
+}
+
+#[tokio::test]
+async fn nat_ops_end_to_end_in_a_fresh_netns() {
+    const OTHER: &str = "abcdefabcdef";
+    let h = RunningHelper::start();
+    let c = h.client();
+    let ip = Ipv4Addr::new(172, 30, 0, 2);
+
+    // Refused by validation whoever runs the helper, op id echoed.
+    let bad = [
+        ("op-nat-br", c.ensure_nat("op-nat-br", VM, ip, "eth0").await),
+        (
+            "op-nat-br2",
+            c.ensure_nat("op-nat-br2", VM, ip, "br-fc\" accept").await,
+        ),
+        (
+            "op-nat-id",
+            c.ensure_nat("op-nat-id", "../../etc", ip, "br-fc").await,
+        ),
+        (
+            "op-nat-pub",
+            c.ensure_nat("op-nat-pub", VM, Ipv4Addr::new(8, 8, 8, 8), "br-fc")
+                .await,
+        ),
+        (
+            "op-nat-lo",
+            c.ensure_nat("op-nat-lo", VM, Ipv4Addr::LOCALHOST, "br-fc")
+                .await,
+        ),
+        (
+            "op-nat-any",
+            c.ensure_nat("op-nat-any", VM, Ipv4Addr::UNSPECIFIED, "br-fc")
+                .await,
+        ),
+        ("op-nat-rm", c.remove_nat("op-nat-rm", "banger-vm:x").await),
+    ];
+    for (op_id, r) in bad {
+        let e = refused(r, op_id);
+        assert_eq!(e.code, ErrorCode::BadRequest, "{op_id}: {e}");
+    }
+
+    if !h.in_netns {
+        if is_root() {
+            eprintln!(
+                "note: skipping the NAT ops: as root without unshare(1) they would change the host"
+            );
+            return;
+        }
+        let e = refused(c.ensure_nat("op-nat-0", VM, ip, "br-fc").await, "op-nat-0");
+        assert!(e.message.contains("needs root"), "{e}");
+        return;
+    }
+    if !have_nft() {
+        eprintln!("note: skipping the NAT ops: no nft binary");
+        return;
+    }
+    let pid = h.pid();
+    assert_eq!(
+        nat_state_in(pid, VM),
+        (0, false),
+        "refused requests created nothing"
+    );
+    let forward_before = ip_forward_in(pid);
+
+    c.ensure_nat("op-nat-1", VM, ip, "br-fc").await.unwrap();
+    c.ensure_nat("op-nat-2", VM, ip, "br-fc").await.unwrap();
+    assert_eq!(nat_state_in(pid, VM), (3, true), "one rule set, not two");
+    assert_eq!(ip_forward_in(pid), "1");
+    let listed = in_netns_of_sync(pid, || banger_net::list_vm_nat().unwrap());
+    assert_eq!(listed, vec![(VM.to_string(), ip)]);
+
+    let ip2 = Ipv4Addr::new(172, 30, 0, 3);
+    c.ensure_nat("op-nat-3", OTHER, ip2, "br-fc").await.unwrap();
+    assert_eq!(nat_state_in(pid, OTHER), (3, true));
+    c.remove_nat("op-nat-4", VM).await.unwrap();
+    assert_eq!(nat_state_in(pid, VM), (0, true));
+    assert_eq!(nat_state_in(pid, OTHER), (3, true));
+    c.remove_nat("op-nat-5", OTHER).await.unwrap();
+    assert_eq!(nat_state_in(pid, OTHER), (0, false), "table gone");
+    assert_eq!(ip_forward_in(pid), forward_before);
+    c.remove_nat("op-nat-6", OTHER).await.unwrap();
+
+    let ops: Vec<_> = h
+        .log_lines()
+        .into_iter()
+        .filter(|l| l["op_id"] == "op-nat-1")
+        .collect();
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0]["op"], "ensure_nat");
+}

@@ -1,16 +1,21 @@
 //! Host networking for banger: one Linux bridge, one persistent tap per VM,
-//! and the pure helpers that pick a VM's address, MAC and tap name.
+//! optional outbound NAT per VM, and the pure helpers that pick a VM's
+//! address, MAC and tap name.
 //!
 //! - [`alloc`]: address/MAC/tap-name allocation (pure, no privilege).
 //! - [`ensure_bridge`], [`create_tap`], [`delete_tap`], [`link_exists`]:
 //!   netlink (via `rtnetlink`) plus the tun ioctls, all of which need
 //!   `CAP_NET_ADMIN`; the root helper is the only caller.
+//! - [`nat`]: per-VM outbound NAT in banger's own nftables table
+//!   ([`ensure_vm_nat`], [`remove_vm_nat`], [`list_vm_nat`]), through the
+//!   `nft` binary; blocking, also `CAP_NET_ADMIN`, also only the helper.
 //!
 //! The async functions open a netlink socket in the calling thread's network
 //! namespace and must run inside a tokio runtime.
 
 pub mod alloc;
 mod link;
+pub mod nat;
 mod tun;
 
 pub use alloc::{
@@ -20,6 +25,7 @@ pub use alloc::{
 pub use link::{
     create_tap, delete_tap, ensure_bridge, ipv4_addresses, link, link_exists, Link, TunInfo,
 };
+pub use nat::{ensure_vm_nat, list_vm_nat, remove_vm_nat, NatChange, NatError};
 
 /// Everything that can go wrong configuring host networking.
 #[derive(Debug, thiserror::Error)]

@@ -204,25 +204,31 @@ fn parse_link(msg: &LinkMessage) -> Link {
 /// The kernel's idea of an interface name: 1..=15 bytes, no `/`, no
 /// whitespace, no `:`, not `.` or `..` (see `dev_valid_name`).
 pub(crate) fn check_ifname(name: &str) -> Result<(), NetError> {
-    let bad = |reason| {
-        Err(NetError::InvalidName {
+    match ifname_problem(name) {
+        None => Ok(()),
+        Some(reason) => Err(NetError::InvalidName {
             name: name.to_string(),
             reason,
-        })
-    };
+        }),
+    }
+}
+
+/// Why `name` is not a valid interface name, if it is not (the rules of
+/// [`check_ifname`]).
+pub(crate) fn ifname_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return bad("must be 1 to 15 bytes");
+        return Some("must be 1 to 15 bytes");
     }
     if name == "." || name == ".." {
-        return bad("reserved name");
+        return Some("reserved name");
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
     {
-        return bad("only printable ASCII without '/' or ':'");
+        return Some("only printable ASCII without '/' or ':'");
     }
-    Ok(())
+    None
 }
 
 /// Looks a link up by name; `None` when it does not exist.

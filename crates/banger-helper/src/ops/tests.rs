@@ -301,3 +301,46 @@ fn chown_hands_files_over_without_following_links() {
         assert_eq!(std::fs::metadata(outside.join("victim")).unwrap().uid(), 0);
     }
 }
+
+#[test]
+fn nat_ops_validate_then_need_root() {
+    let env = Env::new(false);
+    let h = Helper::new(env.cfg.clone());
+    rt().block_on(async {
+        for ok in [
+            HelperRequest::EnsureNat {
+                vm_id: VM.into(),
+                ip: "172.30.0.2".parse().unwrap(),
+                bridge: "br-fc".into(),
+            },
+            HelperRequest::RemoveNat { vm_id: VM.into() },
+        ] {
+            let e = execute(&h, ok).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::OperationFailed);
+            assert!(e.message.contains("needs root"), "{e}");
+        }
+        // Validation comes first: bad input is a bad request even here.
+        let ensure = |vm_id: &str, ip: &str, bridge: &str| HelperRequest::EnsureNat {
+            vm_id: vm_id.into(),
+            ip: ip.parse().unwrap(),
+            bridge: bridge.into(),
+        };
+        for (bad, needle) in [
+            (ensure("../../etc", "172.30.0.2", "br-fc"), "vm id"),
+            (ensure(VM, "172.30.0.2", "eth0"), "bridge"),
+            (ensure(VM, "8.8.8.8", "br-fc"), "8.8.8.8"),
+            (ensure(VM, "127.0.0.1", "br-fc"), "127.0.0.1"),
+            (ensure(VM, "0.0.0.0", "br-fc"), "0.0.0.0"),
+            (
+                HelperRequest::RemoveNat {
+                    vm_id: "x\" accept".into(),
+                },
+                "vm id",
+            ),
+        ] {
+            let e = execute(&h, bad).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{e}");
+            assert!(e.message.contains(needle), "{e}");
+        }
+    });
+}

@@ -478,3 +478,61 @@ fn chown_targets() {
     let e = chown_target(&s.join("sub"), &t.roots).unwrap_err();
     assert!(e.0.contains("directory"), "{e}");
 }
+
+#[test]
+fn nat_guest_addresses() {
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    for ok in [
+        "172.30.0.2",
+        "172.30.0.254",
+        "10.0.0.2",
+        "192.168.1.50",
+        "172.16.0.1",
+        "172.31.255.254",
+        "100.64.0.2",
+        "100.127.255.254",
+    ] {
+        assert!(nat_guest(ip(ok)).is_ok(), "{ok}");
+    }
+    for bad in [
+        "0.0.0.0",
+        "255.255.255.255",
+        "127.0.0.1",
+        "127.1.2.3",
+        "224.0.0.1",
+        "239.255.255.250",
+        "169.254.1.1",
+        "8.8.8.8",
+        "1.1.1.1",
+        "172.32.0.2",
+        "172.15.255.254",
+        "100.128.0.1",
+        "100.63.255.255",
+        "192.169.0.1",
+    ] {
+        let e = nat_guest(ip(bad)).expect_err(bad);
+        assert!(e.0.contains(bad), "{e}");
+    }
+}
+
+#[test]
+fn nat_requests_reuse_the_id_and_bridge_rules() {
+    // EnsureNat/RemoveNat go through the same vm_id and bridge_name checks
+    // as every other op: the nft comment is built only from an id that
+    // passed vm_id().
+    for (id, br) in [("0123456789ab", "br-fc"), ("abcdefabcdef", "br-fc-2")] {
+        assert!(vm_id(id).is_ok() && bridge_name(br).is_ok(), "{id} {br}");
+    }
+    for bad in [
+        "0123456789ab\" accept",
+        "banger-vm:0123456789ab",
+        "0123456789ab ",
+        "ABCDEF012345",
+        "",
+    ] {
+        assert!(vm_id(bad).is_err(), "{bad:?}");
+    }
+    for bad in ["eth0", "docker0", "br-fc\"", "lo", "br-fc-x y", "*"] {
+        assert!(bridge_name(bad).is_err(), "{bad:?}");
+    }
+}

@@ -222,6 +222,7 @@ async fn run_create(d: &Shared, op: &OpHandle, rec: &VmRecord) -> Result<VmInfo,
 /// Undoes a failed create: VMM, tap, files and the row itself.
 async fn undo_create(d: &Shared, rec: &VmRecord) {
     cleanup_runtime(d, rec).await;
+    remove_nat(d, rec).await;
     let _ = std::fs::remove_dir_all(vm_dir(d, rec));
     if let Err(e) = d.store.delete_vm(&rec.id) {
         tracing::error!(vm = %rec.name, error = %e, "could not remove the row of a failed create");
@@ -325,6 +326,17 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
         .create_tap(&op_id, &tap, &d.cfg.bridge)
         .await
         .map_err(|e| ApiError::failed(format!("tap {tap}: {e}")))?;
+    if rec.nat {
+        // Idempotent: a restart finds the rule from the last boot in place.
+        let ip: std::net::Ipv4Addr = rec
+            .ip
+            .parse()
+            .map_err(|_| ApiError::internal(format!("bad ip {:?} in state", rec.ip)))?;
+        d.helper
+            .ensure_nat(&op_id, &rec.id, ip, &d.cfg.bridge)
+            .await
+            .map_err(|e| ApiError::failed(format!("nat for {}: {e}", rec.ip)))?;
+    }
 
     stage("vmm");
     if vmm == Vmm::Firecracker {
@@ -616,8 +628,18 @@ pub async fn kill(d: Shared, name: String, signal: String) -> Result<VmInfo, Api
     .await
 }
 
+/// Drops the VM's masquerade rule (kept across stop/start, gone with the VM).
+async fn remove_nat(d: &Shared, rec: &VmRecord) {
+    if rec.nat {
+        if let Err(e) = d.helper.remove_nat("", &rec.id).await {
+            tracing::warn!(vm = %rec.name, error = %e, "remove nat rule");
+        }
+    }
+}
+
 async fn delete_locked(d: &Shared, rec: &VmRecord) -> Result<(), ApiError> {
     cleanup_runtime(d, rec).await;
+    remove_nat(d, rec).await;
     let dir = vm_dir(d, rec);
     if let Err(e) = std::fs::remove_dir_all(&dir) {
         if e.kind() != std::io::ErrorKind::NotFound {

@@ -58,17 +58,21 @@ RestartSec=1
 WantedBy=multi-user.target
 ";
 
-/// Regenerates SSH host keys on each VM's first boot, so no two VMs share
-/// them (the image is built without any).
+/// A fallback SSH host key for a VM whose work disk carries none (banger
+/// puts one there at create; see [`SSHD_CONFIG`]). Ed25519 only: `ssh-keygen
+/// -A` also makes RSA and ECDSA keys, and RSA generation under software
+/// emulation held sshd back for tens of seconds after the agent was ready.
 pub const SSH_KEYGEN_UNIT: &str = "\
 [Unit]
-Description=banger: generate SSH host keys
+Description=banger: generate an SSH host key when the work disk has none
 Before=ssh.service
+RequiresMountsFor=/root
 ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+ConditionPathExists=!/root/.banger/ssh_host_ed25519_key
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/ssh-keygen -A
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N \"\" -f /etc/ssh/ssh_host_ed25519_key
 
 [Install]
 WantedBy=multi-user.target

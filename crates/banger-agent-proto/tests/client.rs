@@ -350,7 +350,8 @@ async fn tar_in_streams_raw_chunks_then_ends() {
         open.req,
         Request::TarIn {
             dest: "/src".into(),
-            clear: true
+            clear: true,
+            encoding: banger_agent_proto::Encoding::None,
         }
     );
     let mut got = Vec::new();

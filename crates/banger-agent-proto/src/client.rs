@@ -34,7 +34,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::{decode, decode_data, encode, Event, GuestFrame, HostFrame, Line, LineSplitter};
-use crate::{Encoding, ProtoError, Request, MAX_CHUNK_IN_BYTES};
+use crate::{ProtoError, Request, MAX_CHUNK_IN_BYTES};
 
 /// Interval between readiness probes in [`wait_ready`].
 const READY_RETRY: Duration = Duration::from_millis(200);
@@ -259,20 +259,6 @@ impl AgentClient {
         &self,
         dest: &str,
         clear: bool,
-        reader: R,
-        answer_timeout: Duration,
-    ) -> Result<TarInReport, ClientError> {
-        self.tar_in_encoded(dest, clear, Encoding::None, reader, answer_timeout)
-            .await
-    }
-
-    /// [`tar_in`](Self::tar_in) for a `reader` whose bytes are the archive
-    /// encoded as `encoding` (e.g. a zstd stream of it).
-    pub async fn tar_in_encoded<R: AsyncRead + Unpin>(
-        &self,
-        dest: &str,
-        clear: bool,
-        encoding: Encoding,
         mut reader: R,
         answer_timeout: Duration,
     ) -> Result<TarInReport, ClientError> {
@@ -281,8 +267,8 @@ impl AgentClient {
         let req = Request::TarIn {
             dest: dest.to_owned(),
             clear,
-            encoding,
-        };        self.send(id, req).await?;
+        };
+        self.send(id, req).await?;
         let mut upload = CancelOnDrop {
             conn: self.conn.clone(),
             id,

@@ -77,25 +77,6 @@ pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 /// Largest raw payload of one [`Request::Chunk`] (host to guest).
 pub const MAX_CHUNK_IN_BYTES: usize = 1024 * 1024;
 
-/// How an upload's bytes are encoded on the wire.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Encoding {
-    /// The chunks are the tar archive itself.
-    #[default]
-    None,
-    /// The chunks are a zstd stream of the tar archive. Under software
-    /// emulation the guest moves bytes slowly (tens of MB/s), so fewer bytes
-    /// on the wire beat the CPU the guest spends decoding them.
-    Zstd,
-}
-
-impl Encoding {
-    pub fn is_none(&self) -> bool {
-        *self == Encoding::None
-    }
-}
-
 /// A request from the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostFrame {
@@ -131,9 +112,6 @@ pub enum Request {
         dest: String,
         #[serde(default)]
         clear: bool,
-        /// How the chunk bytes are encoded; absent means a plain tar.
-        #[serde(default, skip_serializing_if = "Encoding::is_none")]
-        encoding: Encoding,
     },
     /// The next `len` bytes on the wire, right after this header's newline,
     /// are raw archive bytes for the upload with this id (see the module
@@ -550,8 +528,7 @@ mod tests {
             open.req,
             Request::TarIn {
                 dest: "/src".into(),
-                clear: false,
-                encoding: Encoding::None,
+                clear: false
             }
         );
         assert_eq!(
@@ -634,7 +611,6 @@ mod tests {
             Request::TarIn {
                 dest: "/d".into(),
                 clear: true,
-                encoding: Encoding::None,
             },
         );
         wire.extend(chunk(3, p1));
@@ -649,7 +625,6 @@ mod tests {
                 req: Request::TarIn {
                     dest: "/d".into(),
                     clear: true,
-                    encoding: Encoding::None,
                 },
             }),
             Got::Frame(HostFrame {

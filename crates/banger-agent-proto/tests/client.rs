@@ -350,8 +350,7 @@ async fn tar_in_streams_raw_chunks_then_ends() {
         open.req,
         Request::TarIn {
             dest: "/src".into(),
-            clear: true,
-            encoding: banger_agent_proto::Encoding::None,
+            clear: true
         }
     );
     let mut got = Vec::new();

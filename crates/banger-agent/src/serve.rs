@@ -160,11 +160,7 @@ pub fn serve(chan: Channel, opts: &Options) -> anyhow::Result<()> {
         }
         decoder.push(&buf[..n], |input| match input {
             HostInput::Frame(HostFrame { id, req }) => match req {
-                Request::TarIn {
-                    dest,
-                    clear,
-                    encoding,
-                } => uploads.open(id, dest, clear, encoding, &out),
+                Request::TarIn { dest, clear } => uploads.open(id, dest, clear, &out),
                 Request::Chunk { len } => uploads.chunk_start(id, len),
                 Request::End => uploads.end(id),
                 Request::Cancel => uploads.cancel(id),

@@ -15,12 +15,12 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::os::fd::{AsFd as _, BorrowedFd};
+use std::os::fd::AsFd as _;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Instant;
 
-use banger_agent_proto::{Encoding, Event, MAX_CHUNK_IN_BYTES};
+use banger_agent_proto::{Event, MAX_CHUNK_IN_BYTES};
 
 use crate::serve::Out;
 use crate::untar;
@@ -49,7 +49,7 @@ pub struct Uploads {
 
 impl Uploads {
     /// TarIn: starts an extractor for upload `id`.
-    pub fn open(&mut self, id: u64, dest: String, clear: bool, encoding: Encoding, out: &Arc<Out>) {
+    pub fn open(&mut self, id: u64, dest: String, clear: bool, out: &Arc<Out>) {
         if self.open.contains_key(&id) {
             log!("request {id}: an upload with this id is already open; ignored");
             return;
@@ -58,7 +58,7 @@ impl Uploads {
         let thread_out = out.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("req-{id}-tar"))
-            .spawn(move || extract(id, &dest, clear, encoding, rx, &thread_out));
+            .spawn(move || extract(id, &dest, clear, rx, &thread_out));
         match spawned {
             Ok(_) => {
                 self.open.insert(id, tx);
@@ -194,7 +194,7 @@ impl Read for ChunkReader {
 }
 
 /// The extractor thread: unpacks upload `id` and answers once.
-fn extract(id: u64, dest: &str, clear: bool, encoding: Encoding, rx: Receiver<Msg>, out: &Out) {
+fn extract(id: u64, dest: &str, clear: bool, rx: Receiver<Msg>, out: &Out) {
     let started = Instant::now();
     log!(
         "request {id}: receiving an archive into {dest:?}{}",
@@ -207,7 +207,7 @@ fn extract(id: u64, dest: &str, clear: bool, encoding: Encoding, rx: Receiver<Ms
         ended: false,
         aborted: None,
     };
-    match unpack(dest, clear, encoding, reader) {
+    match unpack(dest, clear, reader) {
         Ok(report) => {
             log!(
                 "request {id}: extracted {} entries, {} bytes, in {:.1?}",
@@ -233,38 +233,20 @@ fn extract(id: u64, dest: &str, clear: bool, encoding: Encoding, rx: Receiver<Ms
     // chunks.
 }
 
-fn unpack(
-    dest: &str,
-    clear: bool,
-    encoding: Encoding,
-    reader: ChunkReader,
-) -> anyhow::Result<untar::Report> {
+fn unpack(dest: &str, clear: bool, reader: ChunkReader) -> anyhow::Result<untar::Report> {
     let dir = untar::open_dest(dest, clear)?;
-    let (result, reader) = match encoding {
-        Encoding::None => unpack_from(dir.as_fd(), reader),
-        Encoding::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(reader)?;
-            let (result, decoder) = unpack_from(dir.as_fd(), decoder);
-            (result, decoder.finish().into_inner())
-        }
-    };
-    match reader.aborted {
-        Some(reason) => Err(anyhow::anyhow!(reason)),
-        None => result,
-    }
-}
-
-/// Unpacks the archive `r` yields, then reads `r` to its end.
-fn unpack_from<R: Read>(dir: BorrowedFd<'_>, r: R) -> (anyhow::Result<untar::Report>, R) {
-    let mut archive = tar::Archive::new(r);
-    let result = untar::unpack(dir, &mut archive);
-    let mut r = archive.into_inner();
+    let mut archive = tar::Archive::new(reader);
+    let result = untar::unpack(dir.as_fd(), &mut archive);
+    let mut reader = archive.into_inner();
     let result = result.and_then(|report| {
         // Whatever follows the end-of-archive marker (tar pads archives to
         // whole records) is read up to End, so that an aborted upload is
         // still reported as one.
-        io::copy(&mut r, &mut io::sink())?;
+        io::copy(&mut reader, &mut io::sink())?;
         Ok(report)
     });
-    (result, r)
+    match reader.aborted {
+        Some(reason) => Err(anyhow::anyhow!(reason)),
+        None => result,
+    }
 }

@@ -28,11 +28,6 @@ use crate::vm::{self, agent_for, is_running, spawn_detached};
 const EXTRACT_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bytes per chunk handed from the tar writer to the agent stream.
 const PIPE_CHUNK: usize = 1024 * 1024;
-/// zstd level for the stream: level 1 compresses source text 3-4x at
-/// hundreds of MB/s on one host core and passes already-compressed data
-/// (git packs, images) through almost for free. Measured in
-/// docs/benchmarks.md.
-const ZSTD_LEVEL: i32 = 1;
 
 /// The workspace recorded with a VM, if any (an unreadable record is
 /// treated as none, and logged).
@@ -105,17 +100,10 @@ pub async fn prepare(
         let root = repo.root.display().to_string();
         let writer = tokio::task::spawn_blocking(move || {
             let pipe = ChanWriter { tx: tx.clone() };
-            let out = std::io::BufWriter::with_capacity(PIPE_CHUNK, pipe);
-            let res = (|| {
-                let mut z = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)
-                    .map_err(|e| e.to_string())?;
-                let stats = banger_workspace::write_tar(&repo, &sel, true, &mut z)
-                    .map_err(|e| e.to_string())?;
-                z.finish()
-                    .and_then(|mut out| out.flush())
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>(stats)
-            })();
+            let mut out = std::io::BufWriter::with_capacity(PIPE_CHUNK, pipe);
+            let res = banger_workspace::write_tar(&repo, &sel, true, &mut out)
+                .map_err(|e| e.to_string())
+                .and_then(|stats| out.flush().map(|_| stats).map_err(|e| e.to_string()));
             if let Err(e) = &res {
                 // The reader turns this into a canceled upload, not a
                 // short archive the agent would accept.
@@ -129,13 +117,7 @@ pub async fn prepare(
         let reader = tokio_util::io::StreamReader::new(Box::pin(stream));
         let clear = req.mode == WorkspaceMode::FullCopy;
         let sent = agent
-            .tar_in_encoded(
-                &guest_path,
-                clear,
-                banger_agent_proto::Encoding::Zstd,
-                reader,
-                EXTRACT_ANSWER_TIMEOUT,
-            )
+            .tar_in(&guest_path, clear, reader, EXTRACT_ANSWER_TIMEOUT)
             .await;
         let wrote = writer
             .await

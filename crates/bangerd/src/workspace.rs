@@ -99,8 +99,10 @@ pub async fn prepare(
         let head = repo.head.clone();
         let root = repo.root.display().to_string();
         let writer = tokio::task::spawn_blocking(move || {
-            let pipe = ChanWriter { tx: tx.clone() };
-            let mut out = std::io::BufWriter::with_capacity(PIPE_CHUNK, pipe);
+            let mut out = ChanWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(PIPE_CHUNK),
+            };
             let res = banger_workspace::write_tar(&repo, &sel, true, &mut out)
                 .map_err(|e| e.to_string())
                 .and_then(|stats| out.flush().map(|_| stats).map_err(|e| e.to_string()));
@@ -211,21 +213,71 @@ pub async fn export(
     })
 }
 
-/// The write end of the tar pipe: each write becomes one chunk for the
-/// agent stream (the BufWriter in front makes them about [`PIPE_CHUNK`]).
+/// The write end of the tar pipe: gathers writes into chunks of
+/// [`PIPE_CHUNK`] bytes and hands each over whole (moved, not copied).
 struct ChanWriter {
     tx: mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChanWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(PIPE_CHUNK));
+        self.tx
+            .blocking_send(Ok(Bytes::from(full)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload ended"))
+    }
 }
 
 impl Write for ChanWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.tx
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload ended"))?;
-        Ok(buf.len())
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(PIPE_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == PIPE_CHUNK {
+            self.send()?;
+        }
+        Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        self.send()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pipe_sends_whole_chunks_and_loses_nothing() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let input: Vec<u8> = (0..(PIPE_CHUNK * 2 + 12_345) as u32)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let sent = input.clone();
+        std::thread::spawn(move || {
+            let mut w = ChanWriter {
+                tx,
+                buf: Vec::with_capacity(PIPE_CHUNK),
+            };
+            for piece in sent.chunks(700_001) {
+                w.write_all(piece).unwrap();
+            }
+            w.flush().unwrap();
+        })
+        .join()
+        .unwrap();
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        while let Ok(chunk) = rx.try_recv() {
+            let chunk = chunk.unwrap();
+            sizes.push(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got, input);
+        assert_eq!(sizes, [PIPE_CHUNK, PIPE_CHUNK, 12_345]);
     }
 }

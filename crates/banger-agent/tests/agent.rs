@@ -7,42 +7,10 @@ use std::time::Duration;
 use banger_agent_proto::client::{AgentClient, ClientError, ExecEvent, ExecOutput};
 use banger_agent_proto::{decode, Event, GuestFrame, MAX_CHUNK_BYTES};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::process::{Child, Command};
 use tokio::time::{timeout, Instant};
 
-const T: Duration = Duration::from_secs(30);
-
-struct Agent {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-/// Runs the agent binary serving `sock` in `mode` (`--channel` or
-/// `--listen`), without touching this host's identity or power.
-fn spawn_agent(mode: &str, sock: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_banger-agent"))
-        .arg(mode)
-        .arg(sock)
-        .args(["--no-identity", "--dry-poweroff"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-/// Starts the agent on a fresh socket; returns it and the raw connection.
-async fn start_raw() -> (Agent, UnixStream) {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("agent.sock");
-    let listener = UnixListener::bind(&sock).unwrap();
-    let child = spawn_agent("--channel", &sock);
-    let (stream, _) = timeout(T, listener.accept())
-        .await
-        .expect("the agent connects")
-        .unwrap();
-    (Agent { child, _dir: dir }, stream)
-}
+mod common;
+use common::{spawn_agent, start_raw, Agent, T};
 
 async fn start() -> (Agent, AgentClient) {
     let (agent, stream) = start_raw().await;

@@ -6,54 +6,18 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::Stdio;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use banger_agent_proto::client::{AgentClient, ClientError, TarInReport};
 use banger_agent_proto::{decode, encode, Event, GuestFrame, HostFrame, Request};
 use tar::{EntryType, Header};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader, ReadBuf};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::process::{Child, Command};
+use tokio::net::UnixStream;
 use tokio::time::{timeout, Instant};
 
-const T: Duration = Duration::from_secs(30);
+mod common;
+use common::{spawn_agent, start_raw, Agent, T};
 const MTIME: u64 = 1_600_000_000;
-
-struct Agent {
-    _child: Child,
-    _dir: tempfile::TempDir,
-}
-
-fn spawn_agent(mode: &str, sock: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_banger-agent"))
-        .arg(mode)
-        .arg(sock)
-        .args(["--no-identity", "--dry-poweroff"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-async fn start_raw() -> (Agent, UnixStream) {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("agent.sock");
-    let listener = UnixListener::bind(&sock).unwrap();
-    let child = spawn_agent("--channel", &sock);
-    let (stream, _) = timeout(T, listener.accept())
-        .await
-        .expect("the agent connects")
-        .unwrap();
-    (
-        Agent {
-            _child: child,
-            _dir: dir,
-        },
-        stream,
-    )
-}
 
 async fn start() -> (Agent, AgentClient) {
     let (agent, stream) = start_raw().await;

@@ -113,7 +113,6 @@ mod tests {
     use crate::testutil::tool;
     use std::net::Ipv4Addr;
     use std::path::Path;
-    use std::process::Command;
 
     fn target(name: &str, ip: [u8; 4], dir: &Path) -> SshTarget {
         SshTarget {
@@ -124,31 +123,7 @@ mod tests {
         }
     }
 
-    /// `ssh -G` output for `host` under config file `config`, as
-    /// (keyword, value) pairs; `None` when ssh is not installed.
-    pub(crate) fn ssh_g(config: &Path, host: &str) -> Option<Vec<(String, String)>> {
-        let ssh = tool("ssh")?;
-        let out = Command::new(ssh)
-            .arg("-G")
-            .arg("-F")
-            .arg(config)
-            .arg(host)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ssh -G: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(
-            String::from_utf8(out.stdout)
-                .unwrap()
-                .lines()
-                .filter_map(|l| l.split_once(' '))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
+    pub(crate) use crate::testutil::ssh_g;
 
     pub(crate) fn get<'a>(settings: &'a [(String, String)], key: &str) -> Vec<&'a str> {
         settings

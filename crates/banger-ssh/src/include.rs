@@ -225,9 +225,7 @@ mod tests {
     use super::*;
     use crate::argv::SshTarget;
     use crate::config::render_config;
-    use crate::testutil::tool;
     use std::os::unix::fs::PermissionsExt;
-    use std::process::Command;
 
     struct Home {
         _tmp: tempfile::TempDir,
@@ -286,27 +284,7 @@ mod tests {
 
         /// `ssh -G` for `host` under the user's config, or `None` without ssh.
         fn resolve(&self, host: &str) -> Option<Vec<(String, String)>> {
-            let ssh = tool("ssh")?;
-            let out = Command::new(ssh)
-                .arg("-G")
-                .arg("-F")
-                .arg(self.config())
-                .arg(host)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "ssh -G: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Some(
-                String::from_utf8(out.stdout)
-                    .unwrap()
-                    .lines()
-                    .filter_map(|l| l.split_once(' '))
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            )
+            crate::testutil::ssh_g(&self.config(), host)
         }
     }
 

@@ -376,21 +376,11 @@ mod tests {
 
     #[test]
     fn passphrase_protected_key_is_an_error() {
-        let Some(keygen) = tool("ssh-keygen") else {
-            return;
-        };
         let tmp = tempfile::tempdir().unwrap();
         let private = tmp.path().join("id_ed25519");
-        let out = Command::new(keygen)
-            .args(["-q", "-t", "ed25519", "-N", "secret", "-C", "mine", "-f"])
-            .arg(&private)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !crate::testutil::keygen(&private, "secret", "mine") {
+            return;
+        }
         let before = fs::read(&private).unwrap();
         let err = ensure_client_key(tmp.path()).unwrap_err();
         assert!(matches!(err, SshError::EncryptedKey { .. }), "{err:?}");
@@ -399,30 +389,11 @@ mod tests {
 
     #[test]
     fn key_made_by_ssh_keygen_is_loaded_as_is() {
-        let Some(keygen) = tool("ssh-keygen") else {
-            return;
-        };
         let tmp = tempfile::tempdir().unwrap();
         let private = tmp.path().join("id_ed25519");
-        let out = Command::new(keygen)
-            .args([
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "made-by-keygen",
-                "-f",
-            ])
-            .arg(&private)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !crate::testutil::keygen(&private, "", "made-by-keygen") {
+            return;
+        }
         let before = fs::read(&private).unwrap();
         let expected = fs::read_to_string(tmp.path().join("id_ed25519.pub")).unwrap();
         let key = ensure_client_key(tmp.path()).unwrap();

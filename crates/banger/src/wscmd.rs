@@ -411,7 +411,7 @@ pub async fn exec(layout: &Layout, a: ExecArgs) -> anyhow::Result<u8> {
     let v: VmInfo = c.get(&format!("/vms/{}", a.name)).await?;
     if v.state != VmState::Running {
         bail!(
-            "vm {} is {}; start it with `banger vm start {}`",
+            "vm {} is not running (it is {}); start it with `banger vm start {}`",
             a.name,
             v.state,
             a.name

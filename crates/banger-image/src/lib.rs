@@ -14,6 +14,7 @@
 pub mod debian;
 pub mod ext4;
 pub mod manifest;
+pub mod oci;
 pub mod tool;
 
 pub use manifest::Manifest;

@@ -15,11 +15,11 @@ use super::*;
 /// Builds a layer. Headers are written by hand (name and link name copied
 /// into the raw fields) so that names the tar crate refuses (`..`,
 /// absolute, bare `.wh.`) can be made too.
-struct Layer(tar::Builder<Vec<u8>>);
+struct Layer(tar::Builder<Vec<u8>>, u64);
 
 impl Layer {
     fn new() -> Layer {
-        Layer(tar::Builder::new(Vec::new()))
+        Layer(tar::Builder::new(Vec::new()), 0)
     }
 
     fn raw(mut self, name: &str, kind: EntryType, mode: u32, link: &str, data: &[u8]) -> Layer {
@@ -45,11 +45,17 @@ impl Layer {
         h.set_entry_type(kind);
         h.set_mode(mode);
         h.set_size(size);
-        h.set_uid(0);
-        h.set_gid(0);
+        h.set_uid(self.1);
+        h.set_gid(self.1);
         h.set_mtime(1_700_000_000);
         h.set_cksum();
         self.0.append(&h, data).unwrap();
+    }
+
+    /// Owner (uid and gid) of the entries added after this.
+    fn owner(mut self, id: u64) -> Layer {
+        self.1 = id;
+        self
     }
 
     fn file(self, name: &str, data: &str) -> Layer {
@@ -383,6 +389,35 @@ fn entry_count_bomb_is_rejected() {
     assert!(e.to_string().contains("more than 10 entries"), "{e}");
 }
 
+/// Not an error: the symlink at the leaf is replaced, never written through.
+#[test]
+fn file_and_dir_over_a_symlink_leaf_replace_the_symlink() {
+    let env = env();
+    let victim = env.victim.display().to_string();
+    let lower = Layer::new()
+        .symlink("file-link", "../victim/file")
+        .symlink("dir-link", &victim)
+        .done();
+    let upper = Layer::new()
+        .file("file-link", "pwned")
+        .dir("dir-link/")
+        .file("dir-link/file", "pwned")
+        .file("missing/.wh.x", "")
+        .done();
+    let before = snapshot(env.tmp.path(), &env.root);
+    env.run(vec![lower, upper], Limits::default()).unwrap();
+    assert_eq!(
+        snapshot(env.tmp.path(), &env.root),
+        before,
+        "outside the root changed"
+    );
+    let meta = fs::symlink_metadata(env.path("file-link")).unwrap();
+    assert!(meta.is_file());
+    assert!(fs::symlink_metadata(env.path("dir-link")).unwrap().is_dir());
+    assert_eq!(fs::read(env.path("dir-link/file")).unwrap(), b"pwned");
+    assert!(!env.path("missing").exists());
+}
+
 #[test]
 fn root_must_be_a_real_directory() {
     let env = env();
@@ -496,6 +531,33 @@ fn setuid_bits_are_kept_and_reported() {
     assert_eq!(mode("tmp"), 0o1777);
     assert_eq!(mode("usr/bin/ls"), 0o644);
     assert_eq!(report.setuid, ["usr/bin/sudo", "usr/bin/wall"]);
+}
+
+#[test]
+fn owners_are_applied_as_root() {
+    let env = env();
+    let layer = Layer::new()
+        .owner(1234)
+        .file("home/u/f", "x")
+        .dir("home/u/d/")
+        .symlink("home/u/l", "/nowhere")
+        .done();
+    env.run(vec![layer], Limits::default()).unwrap();
+    let owner = |p: &str| {
+        let m = fs::symlink_metadata(env.path(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    let want = if nix::unistd::geteuid().is_root() {
+        (1234, 1234)
+    } else {
+        (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    };
+    for p in ["home/u/f", "home/u/d", "home/u/l"] {
+        assert_eq!(owner(p), want, "{p}");
+    }
 }
 
 #[test]

@@ -413,3 +413,132 @@ async fn fetch_catalog_over_http_with_a_cap() {
         .unwrap_err();
     assert!(e.to_string().contains("cap"), "{e}");
 }
+
+// ---- unpacking -------------------------------------------------------------
+
+/// A zstd frame of raw (stored) blocks, built by hand from RFC 8878 since
+/// ruzstd 0.7 has no encoder: magic, a single-segment header with a 4-byte
+/// content size, then blocks of at most 128 KiB.
+fn zstd(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x28, 0xB5, 0x2F, 0xFD, 0xA0];
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    let chunks: Vec<&[u8]> = data.chunks(128 * 1024).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = u32::from(i + 1 == chunks.len());
+        let header = last | ((chunk.len() as u32) << 3); // block type 0: raw
+        out.extend_from_slice(&header.to_le_bytes()[..3]);
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+fn file_header(size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(size);
+    h
+}
+
+/// Writes `tar` as a .tar.zst next to the destination and returns its path.
+fn bundle_file(dir: &Path, tar: Vec<u8>) -> PathBuf {
+    let path = dir.join("bundle.tar.zst");
+    std::fs::write(&path, zstd(&tar)).unwrap();
+    path
+}
+
+fn good_tar() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    b.append_data(&mut dir, "boot/", &[][..]).unwrap();
+    b.append_data(&mut file_header(6), "boot/vmlinux", &b"kernel"[..])
+        .unwrap();
+    b.append_data(&mut file_header(6), "./rootfs.ext4", &b"rootfs"[..])
+        .unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn unpack_good_bundle() {
+    let dir = dest();
+    let bundle = bundle_file(dir.path(), good_tar());
+    let out = unpack_bundle(&bundle, dir.path(), "debian-bookworm", 1024).unwrap();
+    assert_eq!(out, dir.path().join("debian-bookworm"));
+    assert_eq!(std::fs::read(out.join("boot/vmlinux")).unwrap(), b"kernel");
+    assert_eq!(std::fs::read(out.join("rootfs.ext4")).unwrap(), b"rootfs");
+    assert_eq!(
+        listing(dir.path()),
+        ["bundle.tar.zst", "debian-bookworm", "keep.txt"]
+    );
+    // A second unpack under the same name is refused, not merged.
+    let e = unpack_bundle(&bundle, dir.path(), "debian-bookworm", 1024).unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+}
+
+fn assert_refused(tar: Vec<u8>, max_bytes: u64, needle: &str) {
+    let dir = dest();
+    let bundle = bundle_file(dir.path(), tar);
+    let before = listing(dir.path());
+    let e = unpack_bundle(&bundle, dir.path(), "img", max_bytes).unwrap_err();
+    assert!(matches!(e, CatalogError::Bundle { .. }), "{e}");
+    assert!(e.to_string().contains(needle), "{e}");
+    assert_eq!(listing(dir.path()), before);
+}
+
+#[test]
+fn unpack_refuses_dotdot_and_absolute_names() {
+    for name in [&b"../x"[..], b"a/../../x", b"/etc/x"] {
+        // tar::Builder refuses such names, so write them into the header.
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(&mut file_header(2), "ok", &b"ok"[..])
+            .unwrap();
+        let mut h = file_header(4);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_cksum();
+        b.append(&h, &b"evil"[..]).unwrap();
+        assert_refused(b.into_inner().unwrap(), 1024, "absolute or has '..'");
+    }
+}
+
+#[test]
+fn unpack_refuses_symlinks_and_hardlinks() {
+    for kind in [tar::EntryType::Symlink, tar::EntryType::Link] {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(&mut file_header(2), "ok", &b"ok"[..])
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, "escape", "/etc/passwd").unwrap();
+        assert_refused(
+            b.into_inner().unwrap(),
+            1024,
+            "only regular files and directories",
+        );
+    }
+}
+
+#[test]
+fn unpack_refuses_content_over_the_cap() {
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_data(&mut file_header(600), "a", &[0u8; 600][..])
+        .unwrap();
+    b.append_data(&mut file_header(600), "b", &[0u8; 600][..])
+        .unwrap();
+    assert_refused(b.into_inner().unwrap(), 1000, "cap of 1000 bytes");
+}
+
+#[test]
+fn unpack_refuses_a_non_zstd_file() {
+    let dir = dest();
+    let bundle = dir.path().join("bundle.tar.zst");
+    std::fs::write(&bundle, b"plain text").unwrap();
+    let before = listing(dir.path());
+    let e = unpack_bundle(&bundle, dir.path(), "img", 1024).unwrap_err();
+    assert!(e.to_string().contains("zstd"), "{e}");
+    assert_eq!(listing(dir.path()), before);
+}

@@ -137,6 +137,12 @@ async fn serve(handler: impl Fn(&str) -> Reply + Send + Sync + 'static) -> Strin
                         return;
                     }
                     req.extend_from_slice(&buf[..n]);
+                    if req[0] == 0x16 {
+                        // A TLS ClientHello: answer in plain text and close.
+                        let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+                        let _ = conn.shutdown().await;
+                        return;
+                    }
                 }
                 let line = String::from_utf8_lossy(&req);
                 let path = line.split(' ').nth(1).unwrap_or("/").to_string();
@@ -541,4 +547,32 @@ fn unpack_refuses_a_non_zstd_file() {
     let e = unpack_bundle(&bundle, dir.path(), "img", 1024).unwrap_err();
     assert!(e.to_string().contains("zstd"), "{e}");
     assert_eq!(listing(dir.path()), before);
+}
+
+#[tokio::test]
+async fn https_to_a_plain_http_server_fails_cleanly() {
+    // No TLS server here: this checks the rustls client is built (explicit
+    // ring provider, no process-default needed) and a handshake failure is
+    // an error naming the URL, with the destination left alone.
+    let base = serve(|_| ok_with_length(b"good")).await;
+    let url = base.replace("http://", "https://") + "/x";
+    let dir = dest();
+    let before = listing(dir.path());
+    let e = download(&entry_for(&url, b"good"), dir.path())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CatalogError::Http { .. }), "{e}");
+    assert!(e.to_string().contains(&url), "{e}");
+    assert_eq!(listing(dir.path()), before);
+}
+
+#[test]
+fn redirects_resolve_and_never_downgrade() {
+    let r = |b, l| resolve_redirect(b, l);
+    assert_eq!(r("http://h:1/a/b", "c").unwrap(), "http://h:1/a/c");
+    assert_eq!(r("http://h:1/a/b", "/c").unwrap(), "http://h:1/c");
+    assert_eq!(r("https://h/a", "//g/x").unwrap(), "https://g/x");
+    assert_eq!(r("http://h/a", "https://g/x").unwrap(), "https://g/x");
+    assert!(r("https://h/a", "http://g/x").is_err());
+    assert!(r("http://h/a", "file:///etc/passwd").is_err());
 }

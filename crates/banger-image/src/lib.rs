@@ -11,6 +11,7 @@
 //! - [`manifest`]: the manifest format and image-directory checks.
 //! - [`tool`]: running external tools with argv and keeping their stderr.
 
+pub mod catalog;
 pub mod debian;
 pub mod ext4;
 pub mod manifest;

@@ -1,0 +1,578 @@
+use super::*;
+
+const SHA_A: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+fn entry_json(name: &str, url: &str, sha: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name, "kind": "image", "version": "2025.1",
+        "url": url, "sha256": sha, "size": 4,
+    })
+}
+
+fn catalog_json(version: u32, entries: Vec<serde_json::Value>) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "schema_version": version, "entries": entries }))
+        .unwrap()
+}
+
+#[test]
+fn parse_good_catalog() {
+    let mut kernel = entry_json("vmlinux-6-1", "file:///srv/k.zst", SHA_A);
+    kernel["kind"] = "kernel".into();
+    kernel["description"] = "a kernel".into();
+    let bytes = catalog_json(
+        1,
+        vec![
+            entry_json("debian-bookworm", "https://example.org/d.tar.zst", SHA_A),
+            kernel,
+        ],
+    );
+    let c = parse_catalog(&bytes).unwrap();
+    assert_eq!(c.schema_version, 1);
+    assert_eq!(c.entries.len(), 2);
+    assert_eq!(c.entries[0].kind, EntryKind::Image);
+    assert_eq!(c.entries[0].description, "");
+    assert_eq!(c.entries[1].kind, EntryKind::Kernel);
+    assert_eq!(c.entries[1].description, "a kernel");
+}
+
+#[test]
+fn parse_future_schema_says_update_banger() {
+    // A newer schema may not fit ours at all: the version gate comes first.
+    let bytes = br#"{"schema_version": 2, "bundles": {}}"#;
+    let e = parse_catalog(bytes).unwrap_err();
+    assert!(
+        matches!(e, CatalogError::SchemaTooNew { found: 2, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("update banger"), "{e}");
+}
+
+#[test]
+fn parse_rejects_bad_sha() {
+    for sha in ["abc", &SHA_A.replace('9', "g"), &format!("{SHA_A}00")] {
+        let e =
+            parse_catalog(&catalog_json(1, vec![entry_json("a", "http://h/x", sha)])).unwrap_err();
+        assert!(e.to_string().contains("sha256"), "{e}");
+    }
+}
+
+#[test]
+fn parse_rejects_bad_url_scheme() {
+    for url in ["ftp://h/x", "/srv/x", "javascript:alert(1)"] {
+        let e = parse_catalog(&catalog_json(1, vec![entry_json("a", url, SHA_A)])).unwrap_err();
+        assert!(matches!(e, CatalogError::BadUrl { .. }), "{e}");
+    }
+}
+
+#[test]
+fn parse_rejects_bad_names_and_zero_size() {
+    for name in [
+        "",
+        "Debian",
+        "-a",
+        "a-",
+        "a/b",
+        "..",
+        "a.b",
+        &"a".repeat(64),
+    ] {
+        let e = parse_catalog(&catalog_json(
+            1,
+            vec![entry_json(name, "http://h/x", SHA_A)],
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("name must be"), "{name:?}: {e}");
+    }
+    let mut zero = entry_json("a", "http://h/x", SHA_A);
+    zero["size"] = 0.into();
+    let e = parse_catalog(&catalog_json(1, vec![zero])).unwrap_err();
+    assert!(e.to_string().contains("size"), "{e}");
+}
+
+// ---- transfers -------------------------------------------------------------
+
+use std::sync::Mutex;
+use tokio::net::TcpListener;
+
+/// What the loopback server does for one request.
+enum Reply {
+    /// Write these bytes (head and body) and close.
+    Raw(Vec<u8>),
+    /// Write these bytes, then hold the connection open without sending more.
+    Hang(Vec<u8>),
+}
+
+fn ok_with_length(body: &[u8]) -> Reply {
+    let mut r = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    Reply::Raw(r)
+}
+
+fn status(code: u16, extra: &str) -> Reply {
+    Reply::Raw(
+        format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n{extra}\r\n")
+            .into_bytes(),
+    )
+}
+
+/// A tiny HTTP/1.1 responder on 127.0.0.1:0; returns its base URL.
+async fn serve(handler: impl Fn(&str) -> Reply + Send + Sync + 'static) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = conn.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    if req[0] == 0x16 {
+                        // A TLS ClientHello: answer in plain text and close.
+                        let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+                        let _ = conn.shutdown().await;
+                        return;
+                    }
+                }
+                let line = String::from_utf8_lossy(&req);
+                let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+                match handler(&path) {
+                    Reply::Raw(bytes) => {
+                        let _ = conn.write_all(&bytes).await;
+                        let _ = conn.shutdown().await;
+                    }
+                    Reply::Hang(bytes) => {
+                        let _ = conn.write_all(&bytes).await;
+                        tokio::time::sleep(Duration::from_secs(120)).await;
+                    }
+                }
+            });
+        }
+    });
+    base
+}
+
+fn entry_for(url: &str, data: &[u8]) -> CatalogEntry {
+    CatalogEntry {
+        name: "debian-bookworm".into(),
+        kind: EntryKind::Image,
+        version: "1".into(),
+        url: url.into(),
+        sha256: hex::encode(Sha256::digest(data)),
+        size: data.len() as u64,
+        description: String::new(),
+    }
+}
+
+/// A destination dir holding one unrelated file.
+fn dest() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("keep.txt"), b"keep").unwrap();
+    d
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn download(entry: &CatalogEntry, dir: &Path) -> Result<PathBuf, CatalogError> {
+    let run = download_verified(entry, dir, "bundle.tar.zst", |_, _| {});
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("download must not hang")
+}
+
+#[tokio::test]
+async fn download_happy_path_renames_and_reports_progress() {
+    let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+    let served = data.clone();
+    let base = serve(move |_| ok_with_length(&served)).await;
+    let entry = entry_for(&format!("{base}/d.tar.zst"), &data);
+    let dir = dest();
+    let calls = Mutex::new(Vec::new());
+    let path = download_verified(&entry, dir.path(), "bundle.tar.zst", |done, total| {
+        calls.lock().unwrap().push((done, total))
+    })
+    .await
+    .unwrap();
+    assert_eq!(path, dir.path().join("bundle.tar.zst"));
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    assert_eq!(listing(dir.path()), ["bundle.tar.zst", "keep.txt"]);
+    let calls = calls.into_inner().unwrap();
+    assert!(!calls.is_empty());
+    assert!(calls.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(
+        *calls.last().unwrap(),
+        (data.len() as u64, data.len() as u64)
+    );
+}
+
+#[tokio::test]
+async fn download_sha_mismatch_leaves_dest_as_it_was() {
+    let base = serve(|_| ok_with_length(b"evil")).await;
+    let entry = entry_for(&format!("{base}/x"), b"good");
+    let dir = dest();
+    let before = listing(dir.path());
+    let e = download(&entry, dir.path()).await.unwrap_err();
+    assert!(matches!(e, CatalogError::HashMismatch { .. }), "{e}");
+    assert!(e.to_string().contains(&entry.sha256), "{e}");
+    assert_eq!(listing(dir.path()), before);
+}
+
+#[tokio::test]
+async fn download_refuses_advertised_oversize_before_reading_body() {
+    // The server advertises 1 MB, sends 4 bytes and then stalls: reading the
+    // body at all would hang past the test's timeout.
+    let base =
+        serve(|_| Reply::Hang(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\ngood".to_vec()))
+            .await;
+    let entry = entry_for(&format!("{base}/x"), b"good");
+    let dir = dest();
+    let before = listing(dir.path());
+    let e = download(&entry, dir.path()).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CatalogError::AdvertisedTooLarge {
+                advertised: 1000000,
+                cap: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(listing(dir.path()), before);
+}
+
+#[tokio::test]
+async fn download_lying_server_hits_the_cap() {
+    let big = vec![b'x'; 100_000];
+    let close_delimited = {
+        let mut r = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+        r.extend_from_slice(&big);
+        r
+    };
+    let chunked = {
+        let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..10 {
+            r.extend_from_slice(format!("{:x}\r\n", 10_000).as_bytes());
+            r.extend_from_slice(&big[..10_000]);
+            r.extend_from_slice(b"\r\n");
+        }
+        r.extend_from_slice(b"0\r\n\r\n");
+        r
+    };
+    let base = serve(move |path| match path {
+        "/close" => Reply::Raw(close_delimited.clone()),
+        _ => Reply::Raw(chunked.clone()),
+    })
+    .await;
+    for path in ["/close", "/chunked"] {
+        let entry = entry_for(&format!("{base}{path}"), b"xxxx");
+        let dir = dest();
+        let before = listing(dir.path());
+        let e = download(&entry, dir.path()).await.unwrap_err();
+        assert!(matches!(e, CatalogError::CapExceeded { cap: 4, .. }), "{e}");
+        assert!(e.to_string().contains("cap"), "{e}");
+        assert_eq!(listing(dir.path()), before, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn download_short_body_is_a_size_mismatch() {
+    let base = serve(|_| ok_with_length(b"go")).await;
+    let entry = entry_for(&format!("{base}/x"), b"good");
+    let dir = dest();
+    let before = listing(dir.path());
+    let e = download(&entry, dir.path()).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CatalogError::SizeMismatch {
+                got: 2,
+                expected: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(listing(dir.path()), before);
+}
+
+#[tokio::test]
+async fn download_http_error_status_is_reported() {
+    let base = serve(|path| match path {
+        "/missing" => status(404, ""),
+        _ => status(500, ""),
+    })
+    .await;
+    for (path, code) in [("/missing", "404"), ("/broken", "500")] {
+        let entry = entry_for(&format!("{base}{path}"), b"good");
+        let dir = dest();
+        let before = listing(dir.path());
+        let e = download(&entry, dir.path()).await.unwrap_err();
+        assert!(e.to_string().contains(code), "{e}");
+        assert!(e.to_string().contains(path), "{e}");
+        assert_eq!(listing(dir.path()), before);
+    }
+}
+
+#[tokio::test]
+async fn download_follows_redirects_up_to_the_limit() {
+    let base = serve(|path| {
+        if let Some(n) = path.strip_prefix("/loop/") {
+            let n: u32 = n.parse().unwrap();
+            return status(302, &format!("Location: /loop/{}\r\n", n + 1));
+        }
+        match path {
+            "/a/start" => status(302, "Location: next\r\n"), // relative: /a/next
+            "/a/next" => status(301, "Location: /data\r\n"),
+            "/data" => ok_with_length(b"good"),
+            _ => status(404, ""),
+        }
+    })
+    .await;
+    let entry = entry_for(&format!("{base}/a/start"), b"good");
+    let dir = dest();
+    let path = download(&entry, dir.path()).await.unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), b"good");
+
+    let entry = entry_for(&format!("{base}/loop/0"), b"good");
+    let dir = dest();
+    let before = listing(dir.path());
+    let e = download(&entry, dir.path()).await.unwrap_err();
+    assert!(
+        matches!(e, CatalogError::TooManyRedirects { max: 5, .. }),
+        "{e}"
+    );
+    assert_eq!(listing(dir.path()), before);
+}
+
+#[tokio::test]
+async fn download_file_url_happy_and_mismatch() {
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("k.bin");
+    std::fs::write(&file, b"kernel bytes").unwrap();
+    let url = format!("file://{}", file.display());
+
+    let dir = dest();
+    let path = download(&entry_for(&url, b"kernel bytes"), dir.path())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), b"kernel bytes");
+    assert_eq!(listing(dir.path()), ["bundle.tar.zst", "keep.txt"]);
+
+    let dir = dest();
+    let before = listing(dir.path());
+    let e = download(&entry_for(&url, b"kernel bytez"), dir.path())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CatalogError::HashMismatch { .. }), "{e}");
+    assert_eq!(listing(dir.path()), before);
+
+    // Larger than advertised: refused from the file's size.
+    let e = download(&entry_for(&url, b"kernel"), dir.path())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CatalogError::AdvertisedTooLarge { .. }), "{e}");
+    assert_eq!(listing(dir.path()), before);
+}
+
+#[tokio::test]
+async fn download_rejects_path_like_final_names() {
+    let dir = dest();
+    for name in ["../x", "a/b", ".hidden", ""] {
+        let entry = entry_for("http://127.0.0.1:9/x", b"good");
+        let e = download_verified(&entry, dir.path(), name, |_, _| {})
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("plain file name"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn fetch_catalog_over_http_with_a_cap() {
+    let doc = catalog_json(1, vec![entry_json("a", "http://h/x", SHA_A)]);
+    let served = doc.clone();
+    let base = serve(move |_| ok_with_length(&served)).await;
+    let c = fetch_catalog(&format!("{base}/catalog.json"), DEFAULT_CATALOG_MAX_BYTES)
+        .await
+        .unwrap();
+    assert_eq!(c.entries[0].name, "a");
+    let e = fetch_catalog(&format!("{base}/catalog.json"), 10)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("cap"), "{e}");
+}
+
+// ---- unpacking -------------------------------------------------------------
+
+/// A zstd frame of raw (stored) blocks, built by hand from RFC 8878 since
+/// ruzstd 0.7 has no encoder: magic, a single-segment header with a 4-byte
+/// content size, then blocks of at most 128 KiB.
+fn zstd(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x28, 0xB5, 0x2F, 0xFD, 0xA0];
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    let chunks: Vec<&[u8]> = data.chunks(128 * 1024).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = u32::from(i + 1 == chunks.len());
+        let header = last | ((chunk.len() as u32) << 3); // block type 0: raw
+        out.extend_from_slice(&header.to_le_bytes()[..3]);
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+fn file_header(size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(size);
+    h
+}
+
+/// Writes `tar` as a .tar.zst next to the destination and returns its path.
+fn bundle_file(dir: &Path, tar: Vec<u8>) -> PathBuf {
+    let path = dir.join("bundle.tar.zst");
+    std::fs::write(&path, zstd(&tar)).unwrap();
+    path
+}
+
+fn good_tar() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    b.append_data(&mut dir, "boot/", &[][..]).unwrap();
+    b.append_data(&mut file_header(6), "boot/vmlinux", &b"kernel"[..])
+        .unwrap();
+    b.append_data(&mut file_header(6), "./rootfs.ext4", &b"rootfs"[..])
+        .unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn unpack_good_bundle() {
+    let dir = dest();
+    let bundle = bundle_file(dir.path(), good_tar());
+    let out = unpack_bundle(&bundle, dir.path(), "debian-bookworm", 1024).unwrap();
+    assert_eq!(out, dir.path().join("debian-bookworm"));
+    assert_eq!(std::fs::read(out.join("boot/vmlinux")).unwrap(), b"kernel");
+    assert_eq!(std::fs::read(out.join("rootfs.ext4")).unwrap(), b"rootfs");
+    assert_eq!(
+        listing(dir.path()),
+        ["bundle.tar.zst", "debian-bookworm", "keep.txt"]
+    );
+    // A second unpack under the same name is refused, not merged.
+    let e = unpack_bundle(&bundle, dir.path(), "debian-bookworm", 1024).unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+}
+
+fn assert_refused(tar: Vec<u8>, max_bytes: u64, needle: &str) {
+    let dir = dest();
+    let bundle = bundle_file(dir.path(), tar);
+    let before = listing(dir.path());
+    let e = unpack_bundle(&bundle, dir.path(), "img", max_bytes).unwrap_err();
+    assert!(matches!(e, CatalogError::Bundle { .. }), "{e}");
+    assert!(e.to_string().contains(needle), "{e}");
+    assert_eq!(listing(dir.path()), before);
+}
+
+#[test]
+fn unpack_refuses_dotdot_and_absolute_names() {
+    for name in [&b"../x"[..], b"a/../../x", b"/etc/x"] {
+        // tar::Builder refuses such names, so write them into the header.
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(&mut file_header(2), "ok", &b"ok"[..])
+            .unwrap();
+        let mut h = file_header(4);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_cksum();
+        b.append(&h, &b"evil"[..]).unwrap();
+        assert_refused(b.into_inner().unwrap(), 1024, "absolute or has '..'");
+    }
+}
+
+#[test]
+fn unpack_refuses_symlinks_and_hardlinks() {
+    for kind in [tar::EntryType::Symlink, tar::EntryType::Link] {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(&mut file_header(2), "ok", &b"ok"[..])
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, "escape", "/etc/passwd").unwrap();
+        assert_refused(
+            b.into_inner().unwrap(),
+            1024,
+            "only regular files and directories",
+        );
+    }
+}
+
+#[test]
+fn unpack_refuses_content_over_the_cap() {
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_data(&mut file_header(600), "a", &[0u8; 600][..])
+        .unwrap();
+    b.append_data(&mut file_header(600), "b", &[0u8; 600][..])
+        .unwrap();
+    assert_refused(b.into_inner().unwrap(), 1000, "cap of 1000 bytes");
+}
+
+#[test]
+fn unpack_refuses_a_non_zstd_file() {
+    let dir = dest();
+    let bundle = dir.path().join("bundle.tar.zst");
+    std::fs::write(&bundle, b"plain text").unwrap();
+    let before = listing(dir.path());
+    let e = unpack_bundle(&bundle, dir.path(), "img", 1024).unwrap_err();
+    assert!(e.to_string().contains("zstd"), "{e}");
+    assert_eq!(listing(dir.path()), before);
+}
+
+#[tokio::test]
+async fn https_to_a_plain_http_server_fails_cleanly() {
+    // No TLS server here: this checks the rustls client is built (explicit
+    // ring provider, no process-default needed) and a handshake failure is
+    // an error naming the URL, with the destination left alone.
+    let base = serve(|_| ok_with_length(b"good")).await;
+    let url = base.replace("http://", "https://") + "/x";
+    let dir = dest();
+    let before = listing(dir.path());
+    let e = download(&entry_for(&url, b"good"), dir.path())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CatalogError::Http { .. }), "{e}");
+    assert!(e.to_string().contains(&url), "{e}");
+    assert_eq!(listing(dir.path()), before);
+}
+
+#[test]
+fn redirects_resolve_and_never_downgrade() {
+    let r = |b, l| resolve_redirect(b, l);
+    assert_eq!(r("http://h:1/a/b", "c").unwrap(), "http://h:1/a/c");
+    assert_eq!(r("http://h:1/a/b", "/c").unwrap(), "http://h:1/c");
+    assert_eq!(r("https://h/a", "//g/x").unwrap(), "https://g/x");
+    assert_eq!(r("http://h/a", "https://g/x").unwrap(), "https://g/x");
+    assert!(r("https://h/a", "http://g/x").is_err());
+    assert!(r("http://h/a", "file:///etc/passwd").is_err());
+}

@@ -700,4 +700,4 @@ fn extract(bundle: &Path, root: &Path, max_bytes: u64) -> Result<(), Extract> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -425,7 +425,7 @@ async fn fetch_catalog_over_http_with_a_cap() {
 /// A zstd frame of raw (stored) blocks, built by hand from RFC 8878 since
 /// ruzstd 0.7 has no encoder: magic, a single-segment header with a 4-byte
 /// content size, then blocks of at most 128 KiB.
-fn zstd(data: &[u8]) -> Vec<u8> {
+pub(crate) fn zstd(data: &[u8]) -> Vec<u8> {
     let mut out = vec![0x28, 0xB5, 0x2F, 0xFD, 0xA0];
     out.extend_from_slice(&(data.len() as u32).to_le_bytes());
     let chunks: Vec<&[u8]> = data.chunks(128 * 1024).collect();

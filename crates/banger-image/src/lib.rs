@@ -14,6 +14,7 @@
 pub mod catalog;
 pub mod debian;
 pub mod ext4;
+pub mod kernels;
 pub mod manifest;
 pub mod oci;
 pub mod tool;

@@ -140,6 +140,12 @@ pub enum KernelError {
     },
     #[error("kernel bundle for {name}: {problem}")]
     Bundle { name: String, problem: String },
+    #[error("kernel store: {context}: {source}")]
+    Store {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("kernel {name}: {context}: {source}")]
     Io {
         name: String,
@@ -149,6 +155,10 @@ pub enum KernelError {
     },
     #[error("pulling kernel {name}: unpack task failed: {problem}")]
     Task { name: String, problem: String },
+}
+
+fn store_err(context: String) -> impl FnOnce(std::io::Error) -> KernelError {
+    move |source| KernelError::Store { context, source }
 }
 
 fn io_err(name: &str, context: String) -> impl FnOnce(std::io::Error) -> KernelError {
@@ -438,10 +448,10 @@ impl KernelStore {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(io_err("*", format!("listing {}", self.dir.display()))(e)),
+            Err(e) => return Err(store_err(format!("listing {}", self.dir.display()))(e)),
         };
         for entry in entries {
-            let entry = entry.map_err(io_err("*", format!("listing {}", self.dir.display())))?;
+            let entry = entry.map_err(store_err(format!("listing {}", self.dir.display())))?;
             let path = entry.path();
             let file_name = entry.file_name();
             let Some(name) = file_name.to_str() else {
@@ -547,11 +557,11 @@ impl KernelStore {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err("*", ctx())(e)),
+            Err(e) => return Err(store_err(ctx())(e)),
         };
         let mut removed = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(io_err("*", ctx()))?;
+            let entry = entry.map_err(store_err(ctx()))?;
             if !entry
                 .file_name()
                 .as_encoded_bytes()
@@ -566,7 +576,7 @@ impl KernelStore {
             } else {
                 std::fs::remove_file(&path)
             };
-            result.map_err(io_err("*", format!("removing {}", path.display())))?;
+            result.map_err(store_err(format!("removing {}", path.display())))?;
             removed.push(path);
         }
         removed.sort();
@@ -873,7 +883,17 @@ pub async fn ensure(
     if let Some(m) = store.get(name)? {
         return Ok(m);
     }
-    store.pull_locked(entry, progress).await
+    match store.pull_locked(entry, progress).await {
+        // Someone outside the lock (an import, or a pull whose caller gave
+        // up while its unpack task ran on) installed it first: use theirs.
+        Err(KernelError::Exists { .. }) => match store.get(name)? {
+            Some(m) => Ok(m),
+            None => Err(KernelError::Exists {
+                name: name.to_string(),
+            }),
+        },
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -255,7 +255,7 @@ pub async fn download_verified(
     entry: &CatalogEntry,
     dest_dir: &Path,
     final_name: &str,
-    mut progress: impl FnMut(u64, u64),
+    mut progress: impl FnMut(u64, u64) + Send,
 ) -> Result<PathBuf, CatalogError> {
     check_file_name(final_name).map_err(|p| invalid(&entry.name, p))?;
     validate_entry(entry)?;
@@ -327,7 +327,7 @@ async fn fetch_to<W: AsyncWrite + Unpin>(
     url: &str,
     cap: u64,
     out: &mut W,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<(u64, [u8; 32]), CatalogError> {
     let mut sink = Sink {
         url: url.to_string(),
@@ -350,7 +350,7 @@ struct Sink<'a, W> {
     total: u64,
     hasher: Sha256,
     out: &'a mut W,
-    progress: &'a mut dyn FnMut(u64, u64),
+    progress: &'a mut (dyn FnMut(u64, u64) + Send),
 }
 
 impl<W: AsyncWrite + Unpin> Sink<'_, W> {

@@ -663,7 +663,7 @@ impl KernelStore {
         &self,
         entry: &CatalogEntry,
         locks: &KernelLocks,
-        progress: impl FnMut(u64, u64),
+        progress: impl FnMut(u64, u64) + Send,
     ) -> Result<KernelManifest, KernelError> {
         validate_name(&entry.name)?;
         let _guard = locks.lock(&entry.name).await;
@@ -679,7 +679,7 @@ impl KernelStore {
     async fn pull_locked(
         &self,
         entry: &CatalogEntry,
-        progress: impl FnMut(u64, u64),
+        progress: impl FnMut(u64, u64) + Send,
     ) -> Result<KernelManifest, KernelError> {
         let name = entry.name.clone();
         validate_name(&name)?;
@@ -858,7 +858,7 @@ pub async fn ensure(
     locks: &KernelLocks,
     name: &str,
     catalog: &Catalog,
-    progress: impl FnMut(u64, u64),
+    progress: impl FnMut(u64, u64) + Send,
 ) -> Result<KernelManifest, KernelError> {
     if let Some(m) = store.get(name)? {
         return Ok(m);

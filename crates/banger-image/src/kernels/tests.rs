@@ -597,3 +597,11 @@ fn bzimage_version_is_read_from_the_header() {
     wild[0x20e..0x210].copy_from_slice(&0xfff0u16.to_le_bytes());
     assert_eq!(bzimage_version(&wild), None);
 }
+
+/// The daemon runs `ensure` inside spawned tasks and axum handlers, which
+/// need `Send` futures; this stops compiling if that is lost.
+#[allow(dead_code)]
+fn ensure_is_send(store: &KernelStore, locks: &KernelLocks, catalog: &crate::catalog::Catalog) {
+    fn send<T: Send>(_: T) {}
+    send(ensure(store, locks, "k", catalog, |_, _| {}));
+}

@@ -417,6 +417,19 @@ fn import_layout_and_docker_archive() {
         .iter()
         .all(|l| l.compression == Compression::None));
     check_image(&docker);
+
+    // Docker 25+ form without manifest.json: an OCI layout inside the tar.
+    let single = tmp.path().join("single");
+    skopeo(&[
+        "copy",
+        &format!("oci:{}:img", s(&layout)),
+        &format!("oci:{}:img", s(&single)),
+    ]);
+    let layout_tar = tmp.path().join("layout.tar");
+    run(&["tar", "-C", s(&single), "-cf", s(&layout_tar), "."]);
+    let in_tar = import_docker_archive(&layout_tar, &tmp.path().join("blobs-lt")).unwrap();
+    assert_eq!(in_tar.manifest_digest, image.manifest_digest);
+    check_image(&in_tar);
 }
 
 #[test]

@@ -4,5 +4,8 @@
 //!   directory that `mkfs.ext4 -d` can pack, treating every byte as hostile.
 
 pub mod flatten;
+pub mod layout;
+pub mod registry;
+pub mod source;
 
 pub use flatten::{FlattenError, FlattenReport, Flattener, Limits};

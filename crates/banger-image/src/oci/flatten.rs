@@ -699,40 +699,15 @@ fn empty_dir(dir: BorrowedFd<'_>) -> Result<(), Fail> {
 /// allowed), without NUL, at most [`MAX_DEPTH`] deep, and only its leaf may
 /// start with `.wh.`. No components: the root itself (`./`).
 fn split_path(raw: &[u8]) -> Result<Components, &'static str> {
-    if raw.is_empty() {
-        return Err("empty name");
-    }
-    if raw.starts_with(b"/") {
-        return Err("absolute name");
-    }
-    if raw.contains(&0) {
-        return Err("NUL byte in the name");
-    }
-    let mut rest = raw;
-    while let Some(tail) = rest.strip_prefix(b"./") {
-        rest = tail;
-    }
-    if rest == b"." {
-        rest = b"";
-    }
-    let rest = rest.strip_suffix(b"/").unwrap_or(rest);
-    if rest.is_empty() {
-        return Ok(Vec::new());
-    }
-    let parts: Vec<&[u8]> = rest.split(|&b| b == b'/').collect();
+    let parts = banger_tarpath::split(raw)?;
     if parts.len() > MAX_DEPTH {
         return Err("too many components");
     }
-    for (i, part) in parts.iter().enumerate() {
-        match *part {
-            b"" => return Err("empty component (//)"),
-            b"." => return Err("a . component"),
-            b".." => return Err("a .. component"),
-            p if p.starts_with(WHITEOUT) && i + 1 < parts.len() => {
-                return Err("a whiteout name as an ancestor")
-            }
-            _ => {}
-        }
+    if parts[..parts.len().saturating_sub(1)]
+        .iter()
+        .any(|p| p.starts_with(WHITEOUT))
+    {
+        return Err("a whiteout name as an ancestor");
     }
     Ok(parts.into_iter().map(<[u8]>::to_vec).collect())
 }

@@ -687,7 +687,7 @@ fn extract(bundle: &Path, root: &Path, max_bytes: u64) -> Result<(), Extract> {
             .mode(mode)
             .open(&dest)
             .map_err(io(format!("creating {}", dest.display())))?;
-        let copied = std::io::copy(&mut (&mut entry).take(size), &mut out)
+        let copied = copy_sparse(&mut (&mut entry).take(size), &mut out)
             .map_err(io(format!("writing {}", dest.display())))?;
         if copied != size {
             return Err(bad(format!(
@@ -697,6 +697,39 @@ fn extract(bundle: &Path, root: &Path, max_bytes: u64) -> Result<(), Extract> {
         }
     }
     Ok(())
+}
+
+/// Copies `from` into the fresh file `to`, seeking over all-zero blocks
+/// instead of writing them, so a sparse disk image (a 2 GiB rootfs holding
+/// 50 MiB) stays sparse when it comes out of a bundle.
+fn copy_sparse(from: &mut impl Read, to: &mut std::fs::File) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom, Write};
+    const BLOCK: usize = 64 * 1024;
+    let mut buf = vec![0u8; BLOCK];
+    let mut total = 0u64;
+    loop {
+        // Fill a whole block (the decoder may return less) so the zero
+        // check sees aligned blocks.
+        let mut n = 0;
+        while n < BLOCK {
+            match from.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().all(|&b| b == 0) {
+            to.seek(SeekFrom::Current(n as i64))?;
+        } else {
+            to.write_all(&buf[..n])?;
+        }
+        total += n as u64;
+    }
+    // A file ending in a hole needs its length set explicitly.
+    to.set_len(total)?;
+    Ok(total)
 }
 
 #[cfg(test)]

@@ -235,13 +235,15 @@ impl DebianBuild {
             kernel_version,
             rootfs_bytes: size_mib * 1024 * 1024,
             created_at: now_unix(),
+            kernel_name: None,
+            init: None,
         };
         manifest.write(dir)?;
         Ok(manifest)
     }
 }
 
-fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

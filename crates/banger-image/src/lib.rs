@@ -11,12 +11,14 @@
 //! - [`manifest`]: the manifest format and image-directory checks.
 //! - [`tool`]: running external tools with argv and keeping their stderr.
 
+pub mod bundle;
 pub mod catalog;
 pub mod debian;
 pub mod ext4;
 pub mod kernels;
 pub mod manifest;
 pub mod oci;
+pub mod staged;
 pub mod tool;
 
 pub use manifest::Manifest;

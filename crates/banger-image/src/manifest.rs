@@ -15,10 +15,21 @@ pub struct Manifest {
     pub source: String,
     /// Hash of every build input; a different hash means a rebuild.
     pub build_hash: String,
-    /// File names, relative to the image directory.
+    /// File names, relative to the image directory (absolute for an image
+    /// registered in place with `banger image register`).
     pub rootfs: String,
+    /// The image's own kernel; empty when [`Manifest::kernel_name`] names
+    /// one from the kernel store instead.
     pub kernel: String,
     pub initrd: Option<String>,
+    /// A kernel from the kernel store (catalog or import) to boot this
+    /// image with; OCI images carry no kernel of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_name: Option<String>,
+    /// The guest's init, when it is not the image's own `/sbin/init` (an
+    /// OCI image without systemd boots with the agent as PID 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
     /// Directory copied into each VM's fresh work disk (the guest's /root).
     pub work_seed: String,
     pub kernel_version: String,
@@ -51,12 +62,22 @@ impl Manifest {
         dir.join(&self.rootfs)
     }
 
-    pub fn kernel_path(&self, dir: &Path) -> PathBuf {
-        dir.join(&self.kernel)
+    /// The image's own kernel, unless it boots one from the kernel store.
+    pub fn kernel_path(&self, dir: &Path) -> Option<PathBuf> {
+        (self.kernel_name.is_none() && !self.kernel.is_empty()).then(|| dir.join(&self.kernel))
     }
 
     pub fn initrd_path(&self, dir: &Path) -> Option<PathBuf> {
+        if self.kernel_name.is_some() {
+            return None;
+        }
         self.initrd.as_ref().map(|i| dir.join(i))
+    }
+
+    /// True for an image registered in place: its files live outside the
+    /// image directory and are the user's, not banger's.
+    pub fn is_registered(&self) -> bool {
+        Path::new(&self.rootfs).is_absolute()
     }
 
     pub fn work_seed_path(&self, dir: &Path) -> PathBuf {
@@ -65,11 +86,14 @@ impl Manifest {
 
     /// Checks that every file the manifest names exists.
     pub fn check_complete(&self, dir: &Path) -> Result<(), ImageError> {
-        let mut want = vec![
-            self.rootfs_path(dir),
-            self.kernel_path(dir),
-            self.work_seed_path(dir),
-        ];
+        if self.kernel_name.is_none() && self.kernel.is_empty() {
+            return Err(ImageError::Incomplete {
+                dir: dir.display().to_string(),
+                problem: "the manifest names neither a kernel file nor a kernel_name".into(),
+            });
+        }
+        let mut want = vec![self.rootfs_path(dir), self.work_seed_path(dir)];
+        want.extend(self.kernel_path(dir));
         want.extend(self.initrd_path(dir));
         for p in want {
             if !p.exists() {
@@ -99,7 +123,34 @@ mod tests {
             kernel_version: "6.1.0-50-amd64".into(),
             rootfs_bytes: 1,
             created_at: 2,
+            kernel_name: None,
+            init: None,
         }
+    }
+
+    #[test]
+    fn an_image_booting_a_store_kernel_needs_no_kernel_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = sample();
+        m.kernel = String::new();
+        m.initrd = None;
+        m.kernel_name = Some("debian-6.1".into());
+        std::fs::write(dir.path().join("rootfs.ext4"), b"x").unwrap();
+        std::fs::create_dir(dir.path().join("work-seed")).unwrap();
+        m.check_complete(dir.path()).unwrap();
+        assert_eq!(m.kernel_path(dir.path()), None);
+        // Manifests written before these fields existed still load.
+        m.write(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
+        assert!(!text.contains("\"init\""), "{text}");
+        let old = serde_json::to_string(&sample())
+            .unwrap()
+            .replace(",\"kernel_name\":null", "");
+        let back: Manifest = serde_json::from_str(&old).unwrap();
+        assert_eq!(back.kernel_name, None);
+        m.kernel_name = None;
+        let e = m.check_complete(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("neither a kernel file nor a kernel_name"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! - [`flatten`]: applying layer tar streams, bottom first, into one
 //!   directory that `mkfs.ext4 -d` can pack, treating every byte as hostile.
 
+pub mod build;
 pub mod flatten;
 pub mod layout;
 pub mod registry;

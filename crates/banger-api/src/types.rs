@@ -292,6 +292,137 @@ pub struct ImageInfo {
     /// Hash of the build inputs (package list, agent); a change rebuilds.
     pub build_hash: String,
     pub created_at: i64,
+    /// The kernel-store kernel the image boots (OCI and catalog images).
+    #[serde(default)]
+    pub kernel_name: Option<String>,
+    /// The guest's init when it is not the image's own (`init=` on the
+    /// kernel command line): the agent, for images without systemd.
+    #[serde(default)]
+    pub init: Option<String>,
+    /// Registered in place: the files are the user's, outside banger's store.
+    #[serde(default)]
+    pub registered: bool,
+    /// VMs whose disks are backed by this image.
+    #[serde(default)]
+    pub in_use_by: Vec<String>,
+}
+
+/// `POST /v1/images/pull`: from an OCI registry (a reference with '/', ':'
+/// or '@') or, for a bare name, from the catalog.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullImageRequest {
+    pub reference: String,
+    /// Image name; derived from the reference when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Kernel-store kernel for an OCI image; the configured default if absent.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Plain http to this registry (a local test registry).
+    #[serde(default)]
+    pub insecure_registry: bool,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// `POST /v1/images/import`: an OCI layout directory or a `docker save`
+/// archive on the daemon's host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportImageRequest {
+    /// Absolute path.
+    pub path: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Tag inside an OCI layout (default `latest`).
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub kernel: Option<String>,
+}
+
+/// `POST /v1/images/register`: an image whose files stay where they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterImageRequest {
+    pub name: String,
+    /// Absolute path of an ext4 root filesystem.
+    pub rootfs: String,
+    /// Absolute path of a kernel file; or use `kernel_name`.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// A kernel from the kernel store.
+    #[serde(default)]
+    pub kernel_name: Option<String>,
+    /// Directory whose files seed each VM's /root.
+    #[serde(default)]
+    pub work_seed: Option<String>,
+}
+
+/// `POST /v1/images/cache/prune`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachePruneRequest {
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachePruneResult {
+    /// Bytes freed (or that would be, with `dry_run`).
+    pub bytes: u64,
+    pub blobs: u64,
+    pub dry_run: bool,
+    pub cache_dir: String,
+}
+
+/// A kernel in the kernel store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelInfo {
+    pub name: String,
+    pub version: String,
+    /// `catalog:<url>` or `import:<path>`.
+    pub source: String,
+    pub sha256: String,
+    pub bytes: u64,
+    pub created_at: i64,
+    pub dir: String,
+    pub vmlinuz: String,
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// VMs booted with it (through their images).
+    #[serde(default)]
+    pub in_use_by: Vec<String>,
+}
+
+/// One kernel the catalog offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogKernel {
+    pub name: String,
+    pub version: String,
+    pub size: u64,
+    pub description: String,
+    pub installed: bool,
+}
+
+/// `POST /v1/kernels/pull`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullKernelRequest {
+    pub name: String,
+}
+
+/// `POST /v1/kernels/import`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportKernelRequest {
+    pub name: String,
+    /// Absolute path of a bzImage or ELF vmlinux.
+    pub vmlinuz: String,
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// Replace a kernel of that name.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `POST /v1/images/build`.

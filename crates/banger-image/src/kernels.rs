@@ -10,7 +10,7 @@
 //! [`KernelStore::cleanup_temps`] removes. Deleting renames the kernel aside
 //! first for the same reason.
 //!
-//! Concurrent pulls of one name are serialised by [`KernelLocks`]; [`ensure`]
+//! Concurrent pulls of one name are serialised by [`NameLocks`]; [`ensure`]
 //! re-checks after taking the lock, so the second caller reuses the first
 //! caller's kernel instead of downloading it again.
 
@@ -662,7 +662,7 @@ impl KernelStore {
     pub async fn pull(
         &self,
         entry: &CatalogEntry,
-        locks: &KernelLocks,
+        locks: &NameLocks,
         progress: impl FnMut(u64, u64) + Send,
     ) -> Result<KernelManifest, KernelError> {
         validate_name(&entry.name)?;
@@ -797,30 +797,31 @@ fn check_bundle_meta(staged: &Path, name: &str, version: &str) -> Result<(), Str
     Ok(())
 }
 
-/// Per-name locks: two callers that need the same missing kernel do the work
+/// Per-name locks (kernels here, images in the daemon): two callers that
+/// need the same missing kernel or image do the work
 /// once. A waiter may give up (its future dropped, or [`Self::lock_until`]'s
 /// deadline) without disturbing the holder.
 #[derive(Debug, Default)]
-pub struct KernelLocks {
+pub struct NameLocks {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Holds one kernel name's lock until dropped.
 #[derive(Debug)]
-pub struct KernelGuard {
+pub struct NameGuard {
     name: String,
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
-impl KernelGuard {
+impl NameGuard {
     pub fn name(&self) -> &str {
         &self.name
     }
 }
 
-impl KernelLocks {
-    pub fn new() -> KernelLocks {
-        KernelLocks::default()
+impl NameLocks {
+    pub fn new() -> NameLocks {
+        NameLocks::default()
     }
 
     fn slot(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -830,9 +831,9 @@ impl KernelLocks {
         map.entry(name.to_string()).or_default().clone()
     }
 
-    pub async fn lock(&self, name: &str) -> KernelGuard {
+    pub async fn lock(&self, name: &str) -> NameGuard {
         let slot = self.slot(name);
-        KernelGuard {
+        NameGuard {
             name: name.to_string(),
             _guard: slot.lock_owned().await,
         }
@@ -843,7 +844,7 @@ impl KernelLocks {
         &self,
         name: &str,
         deadline: tokio::time::Instant,
-    ) -> Option<KernelGuard> {
+    ) -> Option<NameGuard> {
         tokio::time::timeout_at(deadline, self.lock(name))
             .await
             .ok()
@@ -855,7 +856,7 @@ impl KernelLocks {
 /// others wait for the lock, then find it installed.
 pub async fn ensure(
     store: &KernelStore,
-    locks: &KernelLocks,
+    locks: &NameLocks,
     name: &str,
     catalog: &Catalog,
     progress: impl FnMut(u64, u64) + Send,

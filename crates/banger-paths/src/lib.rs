@@ -89,6 +89,21 @@ impl Layout {
         self.images_dir().join(name)
     }
 
+    /// Kernels from the catalog or `banger kernel import`, one dir each.
+    pub fn kernels_dir(&self) -> PathBuf {
+        self.state_dir.join("kernels")
+    }
+
+    /// The OCI blob cache: only saves re-downloads; `banger image cache
+    /// prune` may empty it at any time.
+    pub fn oci_cache_dir(&self) -> PathBuf {
+        self.cache_dir.join("oci")
+    }
+
+    pub fn oci_blobs_dir(&self) -> PathBuf {
+        self.oci_cache_dir().join("blobs")
+    }
+
     pub fn vms_dir(&self) -> PathBuf {
         self.state_dir.join("vms")
     }

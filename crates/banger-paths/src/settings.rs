@@ -11,6 +11,10 @@
 //! # Run Firecracker inside jailer's per-VM chroot as the owner (default).
 //! # false runs it directly as the owner: for development hosts only.
 //! jailer = true
+//! # The catalog of prebuilt images and kernels (file://, http:// or https://).
+//! catalog_url = "https://catalog.banger.dev/v1/catalog.json"
+//! # The kernel OCI images boot when `image pull --kernel` is not given.
+//! default_kernel = "debian-6.1"
 //! ```
 //!
 //! Unknown keys are refused, so a typo never silently means "default".
@@ -45,7 +49,14 @@ pub struct Settings {
     pub firecracker_bin: PathBuf,
     pub jailer_bin: PathBuf,
     pub jailer: bool,
+    pub catalog_url: String,
+    pub default_kernel: String,
 }
+
+/// Where `banger image pull NAME` and `banger kernel pull` look by default.
+pub const DEFAULT_CATALOG_URL: &str = "https://catalog.banger.dev/v1/catalog.json";
+/// The kernel OCI images boot unless told otherwise.
+pub const DEFAULT_KERNEL: &str = "debian-6.1";
 
 impl Default for Settings {
     fn default() -> Settings {
@@ -54,6 +65,8 @@ impl Default for Settings {
             firecracker_bin: PathBuf::from("/usr/bin/firecracker"),
             jailer_bin: PathBuf::from("/usr/bin/jailer"),
             jailer: true,
+            catalog_url: DEFAULT_CATALOG_URL.to_string(),
+            default_kernel: DEFAULT_KERNEL.to_string(),
         }
     }
 }
@@ -66,6 +79,8 @@ struct File {
     firecracker_bin: Option<PathBuf>,
     jailer_bin: Option<PathBuf>,
     jailer: Option<bool>,
+    catalog_url: Option<String>,
+    default_kernel: Option<String>,
 }
 
 impl Settings {
@@ -106,6 +121,12 @@ impl Settings {
         if let Some(j) = file.jailer {
             s.jailer = j;
         }
+        if let Some(u) = file.catalog_url {
+            s.catalog_url = u;
+        }
+        if let Some(k) = file.default_kernel {
+            s.default_kernel = k;
+        }
 
         let env = |k| env(k).filter(|v: &String| !v.is_empty());
         if let Some(v) = env("BANGER_VMM") {
@@ -114,6 +135,12 @@ impl Settings {
                 value: v.clone(),
                 message,
             })?;
+        }
+        if let Some(u) = env("BANGER_CATALOG_URL") {
+            s.catalog_url = u;
+        }
+        if let Some(k) = env("BANGER_DEFAULT_KERNEL") {
+            s.default_kernel = k;
         }
         if let Some(p) = env("BANGER_FIRECRACKER_BIN") {
             s.firecracker_bin = p.into();
@@ -133,6 +160,16 @@ impl Settings {
                     })
                 }
             };
+        }
+        let scheme = s.catalog_url.get(..8).unwrap_or("").to_ascii_lowercase();
+        if !(scheme.starts_with("file://")
+            || scheme.starts_with("http://")
+            || scheme.starts_with("https://"))
+        {
+            return Err(parse_err(format!(
+                "catalog_url must start with file://, http:// or https://, got {:?}",
+                s.catalog_url
+            )));
         }
         for (key, p) in [
             ("firecracker_bin", &s.firecracker_bin),
@@ -171,6 +208,24 @@ mod tests {
         Settings::load(&path, |k| {
             env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
         })
+    }
+
+    #[test]
+    fn catalog_and_kernel_from_file_and_env() {
+        let s = load(
+            Some("catalog_url = \"file:///srv/c.json\"\ndefault_kernel = \"k1\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.catalog_url, "file:///srv/c.json");
+        assert_eq!(s.default_kernel, "k1");
+        let s = load(None, &[("BANGER_CATALOG_URL", "http://127.0.0.1:1/c.json")]).unwrap();
+        assert_eq!(s.catalog_url, "http://127.0.0.1:1/c.json");
+        let e = load(Some("catalog_url = \"ftp://x\"\n"), &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("file://, http:// or https://"),
+            "{e}"
+        );
     }
 
     #[test]

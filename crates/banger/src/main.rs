@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod daemonctl;
 mod errors;
+mod imgcmd;
 mod style;
 mod table;
 mod vmcmd;
@@ -42,9 +43,12 @@ enum Cmd {
     /// Create, run and manage VMs.
     #[command(subcommand)]
     Vm(vmcmd::VmCmd),
-    /// Build and list golden images.
+    /// Golden images: build, pull from a registry or the catalog, import, list, delete.
     #[command(subcommand)]
-    Image(vmcmd::ImageCmd),
+    Image(imgcmd::ImageCmd),
+    /// Kernels for images that carry none (OCI images): catalog, pull, import.
+    #[command(subcommand)]
+    Kernel(imgcmd::KernelCmd),
     /// Start, stop and inspect the daemon (bangerd and the root helper).
     #[command(subcommand)]
     Daemon(DaemonCmd),
@@ -130,7 +134,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Operations(j) => vmcmd::operations(&layout, j.json).await,
         Cmd::Ps(j) => vmcmd::vm(&layout, vmcmd::VmCmd::List(j)).await,
         Cmd::Vm(c) => vmcmd::vm(&layout, c).await,
-        Cmd::Image(c) => vmcmd::image(&layout, c).await,
+        Cmd::Image(c) => imgcmd::image(&layout, c).await,
+        Cmd::Kernel(c) => imgcmd::kernel(&layout, c).await,
         Cmd::SshConfig(a) => wscmd::ssh_config(&layout, a).await,
     }
 }

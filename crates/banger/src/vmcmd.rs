@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use banger_api::{
-    format_size, validate_vm_name, BuildImageRequest, CheckStatus, CreateVmRequest, DoctorReport,
-    ImageInfo, KillRequest, OperationInfo, PruneResult, VmInfo, VmSpec,
+    format_size, validate_vm_name, CheckStatus, CreateVmRequest, DoctorReport, KillRequest,
+    OperationInfo, PruneResult, VmInfo, VmSpec,
 };
 use banger_client::Client;
 use banger_paths::Layout;
@@ -58,24 +58,6 @@ pub enum VmCmd {
     /// Copy a git checkout into a VM and bring the guest's changes back.
     #[command(subcommand)]
     Workspace(crate::wscmd::WorkspaceCmd),
-}
-
-#[derive(Subcommand, Debug)]
-pub enum ImageCmd {
-    /// Build the default Debian image locally (mmdebstrap + mkfs.ext4 -d).
-    Build(BuildArgs),
-    /// List images.
-    #[command(alias = "ls")]
-    List(JsonFlag),
-}
-
-#[derive(Args, Debug)]
-pub struct BuildArgs {
-    /// Rebuild even if the image exists.
-    #[arg(long)]
-    force: bool,
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -203,7 +185,11 @@ fn fmt_ms(ms: u64) -> String {
 }
 
 /// Follows an operation until it is done, showing each stage on stderr.
-async fn follow(c: &Client, op: OperationInfo, quiet: bool) -> anyhow::Result<OperationInfo> {
+pub(crate) async fn follow(
+    c: &Client,
+    op: OperationInfo,
+    quiet: bool,
+) -> anyhow::Result<OperationInfo> {
     let tty = std::io::stderr().is_terminal() && !quiet;
     let bar = if tty {
         let b = indicatif::ProgressBar::new_spinner();
@@ -343,7 +329,7 @@ fn print_vm(v: &VmInfo) {
     }
 }
 
-fn ago(unix: i64) -> String {
+pub(crate) fn ago(unix: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -521,52 +507,6 @@ pub async fn lifecycle(layout: &Layout, verb: &str, a: NameArg) -> anyhow::Resul
         println!("{} {}", v.name, v.state);
     }
     Ok(0)
-}
-
-pub async fn image(layout: &Layout, cmd: ImageCmd) -> anyhow::Result<u8> {
-    let c = client(layout).await?;
-    match cmd {
-        ImageCmd::Build(a) => {
-            let op: OperationInfo = c
-                .post(
-                    "/images/build",
-                    &BuildImageRequest {
-                        name: None,
-                        force: a.force,
-                    },
-                )
-                .await?;
-            let done = follow(&c, op, a.json).await?;
-            if a.json {
-                print_json(&done)?;
-            }
-            Ok(0)
-        }
-        ImageCmd::List(j) => {
-            let imgs: Vec<ImageInfo> = c.get("/images").await?;
-            if j.json {
-                print_json(&imgs)?;
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = imgs
-                .iter()
-                .map(|i| {
-                    vec![
-                        i.name.clone(),
-                        i.source.clone(),
-                        format_size(i.rootfs_bytes),
-                        ago(i.created_at),
-                        i.dir.clone(),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table::render(&["NAME", "SOURCE", "ROOTFS", "CREATED", "DIR"], &rows)
-            );
-            Ok(0)
-        }
-    }
 }
 
 pub async fn operations(layout: &Layout, json: bool) -> anyhow::Result<u8> {

@@ -84,8 +84,15 @@ pub struct Daemon {
     /// Held while picking an IP and inserting the row, so two creates never
     /// pick the same address.
     pub reserve_lock: tokio::sync::Mutex<()>,
-    /// Held while building an image, so parallel creates build it once.
+    /// Held while building the default image, so parallel creates build it once.
     pub image_lock: tokio::sync::Mutex<()>,
+    /// Per-image-name locks: pull, import, register, promote and delete of
+    /// one name never interleave, and parallel creates pull a missing
+    /// catalog image once.
+    pub image_locks: banger_image::kernels::NameLocks,
+    pub kernels: banger_image::kernels::KernelStore,
+    /// Per-kernel-name locks (pull, auto-pull, import, delete).
+    pub kernel_locks: banger_image::kernels::NameLocks,
     /// Open agent connections by VM id (QEMU accepts one client per VM).
     agents: Mutex<HashMap<String, Arc<AgentClient>>>,
     accel: tokio::sync::OnceCell<AccelProbe>,
@@ -98,6 +105,7 @@ impl Daemon {
     pub fn new(cfg: Config, store: Store) -> Daemon {
         let helper = HelperClient::new(cfg.layout.helper_socket());
         Daemon {
+            kernels: banger_image::kernels::KernelStore::new(cfg.layout.kernels_dir()),
             cfg,
             store,
             helper,
@@ -105,6 +113,8 @@ impl Daemon {
             vm_locks: Mutex::new(HashMap::new()),
             reserve_lock: tokio::sync::Mutex::new(()),
             image_lock: tokio::sync::Mutex::new(()),
+            image_locks: Default::default(),
+            kernel_locks: Default::default(),
             agents: Mutex::new(HashMap::new()),
             accel: tokio::sync::OnceCell::new(),
             firecracker: tokio::sync::OnceCell::new(),

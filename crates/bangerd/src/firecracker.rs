@@ -82,7 +82,7 @@ pub async fn launch(
         )));
     }
 
-    let kernel_src = img.manifest.kernel_path(&img.dir);
+    let kernel_src = img.kernel.clone();
     let cache = d.cfg.layout.cache_dir.join("kernels").join(&rec.image);
     let kernel = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&cache).map_err(|e| format!("create {}: {e}", cache.display()))?;
@@ -118,7 +118,7 @@ pub async fn launch(
         vm_id: rec.id.clone(),
         jailer: d.cfg.settings.jailer,
         kernel,
-        initrd: img.manifest.initrd_path(&img.dir),
+        initrd: img.initrd.clone(),
         drives: vec![
             DriveSpec {
                 id: fc::launch::ROOT_DRIVE_ID.into(),
@@ -173,6 +173,7 @@ pub async fn launch(
                 prefix: d.cfg.prefix,
                 gateway: d.cfg.gateway,
                 dns: None,
+                init: img.manifest.init.clone(),
             },
             fc::features(version),
         ),

@@ -16,6 +16,7 @@ mod firecracker;
 mod handles;
 mod images;
 mod install_hint;
+mod kernels;
 mod ops;
 mod routes;
 mod server;

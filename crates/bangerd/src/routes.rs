@@ -11,7 +11,7 @@ use banger_api::{
 
 use crate::daemon::Shared;
 use crate::server::{ndjson_body, Fail, OpId};
-use crate::{doctor, images, ssh, vm, workspace};
+use crate::{doctor, images, kernels, ssh, vm, workspace};
 
 type Res<T> = Result<Json<T>, Fail>;
 
@@ -34,6 +34,17 @@ pub fn router(d: Shared, shutdown: std::sync::Arc<tokio::sync::Notify>) -> Route
         .route("/operations/{id}", get(get_op))
         .route("/images", get(list_images))
         .route("/images/build", post(build_image))
+        .route("/images/pull", post(pull_image))
+        .route("/images/import", post(import_image))
+        .route("/images/register", post(register_image))
+        .route("/images/cache/prune", post(prune_image_cache))
+        .route("/images/{name}", get(show_image).delete(delete_image))
+        .route("/images/{name}/promote", post(promote_image))
+        .route("/kernels", get(list_kernels))
+        .route("/kernels/catalog", get(kernel_catalog))
+        .route("/kernels/pull", post(pull_kernel))
+        .route("/kernels/import", post(import_kernel))
+        .route("/kernels/{name}", get(show_kernel).delete(delete_kernel))
         .route("/doctor", get(run_doctor))
         .route(
             "/shutdown",
@@ -193,6 +204,97 @@ async fn build_image(
         .unwrap_or_else(|| banger_image::DEFAULT_IMAGE.to_string());
     let info = images::build(d, op.0, name, req.force).await?;
     Ok((axum::http::StatusCode::ACCEPTED, Json(info)).into_response())
+}
+
+fn accepted(info: banger_api::OperationInfo) -> Response {
+    (axum::http::StatusCode::ACCEPTED, Json(info)).into_response()
+}
+
+async fn pull_image(
+    State(d): State<Shared>,
+    Extension(op): Extension<OpId>,
+    Json(req): Json<banger_api::PullImageRequest>,
+) -> Result<Response, Fail> {
+    Ok(accepted(images::pull(d, op.0, req).await?))
+}
+
+async fn import_image(
+    State(d): State<Shared>,
+    Extension(op): Extension<OpId>,
+    Json(req): Json<banger_api::ImportImageRequest>,
+) -> Result<Response, Fail> {
+    Ok(accepted(images::import(d, op.0, req).await?))
+}
+
+async fn register_image(
+    State(d): State<Shared>,
+    Json(req): Json<banger_api::RegisterImageRequest>,
+) -> Res<banger_api::ImageInfo> {
+    Ok(Json(images::register(&d, req).await?))
+}
+
+async fn prune_image_cache(
+    State(d): State<Shared>,
+    Json(req): Json<banger_api::CachePruneRequest>,
+) -> Res<banger_api::CachePruneResult> {
+    Ok(Json(images::prune_cache(&d, req.dry_run).await?))
+}
+
+async fn show_image(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+) -> Res<banger_api::ImageInfo> {
+    Ok(Json(images::show(&d, &name)?))
+}
+
+async fn delete_image(State(d): State<Shared>, Path(name): Path<String>) -> Res<serde_json::Value> {
+    images::delete(&d, &name).await?;
+    Ok(Json(serde_json::json!({ "deleted": name })))
+}
+
+async fn promote_image(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+) -> Res<banger_api::ImageInfo> {
+    Ok(Json(images::promote(&d, &name).await?))
+}
+
+async fn list_kernels(State(d): State<Shared>) -> Res<Vec<banger_api::KernelInfo>> {
+    Ok(Json(kernels::list(&d)?))
+}
+
+async fn kernel_catalog(State(d): State<Shared>) -> Res<Vec<banger_api::CatalogKernel>> {
+    Ok(Json(kernels::catalog(&d).await?))
+}
+
+async fn pull_kernel(
+    State(d): State<Shared>,
+    Extension(op): Extension<OpId>,
+    Json(req): Json<banger_api::PullKernelRequest>,
+) -> Result<Response, Fail> {
+    Ok(accepted(kernels::pull(d, op.0, req.name).await?))
+}
+
+async fn import_kernel(
+    State(d): State<Shared>,
+    Json(req): Json<banger_api::ImportKernelRequest>,
+) -> Res<banger_api::KernelInfo> {
+    Ok(Json(kernels::import(&d, req).await?))
+}
+
+async fn show_kernel(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+) -> Res<banger_api::KernelInfo> {
+    Ok(Json(kernels::show(&d, &name)?))
+}
+
+async fn delete_kernel(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+) -> Res<serde_json::Value> {
+    kernels::delete(&d, &name).await?;
+    Ok(Json(serde_json::json!({ "deleted": name })))
 }
 
 async fn run_doctor(State(d): State<Shared>) -> Res<banger_api::DoctorReport> {

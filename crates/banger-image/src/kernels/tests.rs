@@ -339,7 +339,7 @@ async fn pull_installs_a_bundle() {
     let (_s, store, src) = setup();
     let files = good_bundle_files();
     let entry = bundle_entry(src.path(), "deb-6-1", &files);
-    let locks = KernelLocks::new();
+    let locks = NameLocks::new();
     let mut last = (0, 0);
     let m = store
         .pull(&entry, &locks, |done, total| last = (done, total))
@@ -379,7 +379,7 @@ async fn pull_with_sha_mismatch_leaves_the_store_unchanged() {
     let mut entry = bundle_entry(src.path(), "deb-6-1", &good_bundle_files());
     entry.sha256 = "0".repeat(64);
     let e = store
-        .pull(&entry, &KernelLocks::new(), |_, _| {})
+        .pull(&entry, &NameLocks::new(), |_, _| {})
         .await
         .unwrap_err();
     assert!(
@@ -399,7 +399,7 @@ async fn pull_with_sha_mismatch_leaves_the_store_unchanged() {
 #[tokio::test]
 async fn pull_refuses_bad_bundles_and_leaves_no_temps() {
     let (_s, store, src) = setup();
-    let locks = KernelLocks::new();
+    let locks = NameLocks::new();
     let json = |s: &str| ("kernel.json", s.as_bytes().to_vec());
     type Files = Vec<(&'static str, Vec<u8>)>;
     let cases: Vec<(Files, &str)> = vec![
@@ -461,7 +461,7 @@ async fn ensure_pulls_once_for_concurrent_callers() {
     let entry = bundle_entry(src.path(), "deb-6-1", &good_bundle_files());
     let size = entry.size;
     let catalog = catalog_of(vec![entry]);
-    let locks = KernelLocks::new();
+    let locks = NameLocks::new();
     let pulls = AtomicUsize::new(0);
     let count = |done: u64, total: u64| {
         if done == total && total == size {
@@ -490,7 +490,7 @@ async fn a_waiter_giving_up_does_not_disturb_the_pull() {
     let entry = bundle_entry(src.path(), "deb-6-1", &good_bundle_files());
     let catalog = Arc::new(catalog_of(vec![entry]));
     let store = Arc::new(store);
-    let locks = Arc::new(KernelLocks::new());
+    let locks = Arc::new(NameLocks::new());
     let started = Arc::new(tokio::sync::Notify::new());
 
     // The holder runs on its own thread and runtime (a download future is
@@ -551,7 +551,7 @@ async fn ensure_names_what_the_catalog_offers() {
         bundle_entry(src.path(), "deb-6-1", &good_bundle_files()),
         image,
     ]);
-    let e = ensure(&store, &KernelLocks::new(), "missing", &catalog, |_, _| {})
+    let e = ensure(&store, &NameLocks::new(), "missing", &catalog, |_, _| {})
         .await
         .unwrap_err();
     assert!(matches!(e, KernelError::NotInCatalog { .. }), "{e}");
@@ -562,7 +562,7 @@ async fn ensure_names_what_the_catalog_offers() {
 
     let e = ensure(
         &store,
-        &KernelLocks::new(),
+        &NameLocks::new(),
         "x",
         &catalog_of(vec![]),
         |_, _| {},
@@ -576,7 +576,7 @@ async fn ensure_names_what_the_catalog_offers() {
     let m = store.import("local", &bz, None, Existing::Refuse).unwrap();
     let got = ensure(
         &store,
-        &KernelLocks::new(),
+        &NameLocks::new(),
         "local",
         &catalog_of(vec![]),
         |_, _| {},
@@ -601,7 +601,7 @@ fn bzimage_version_is_read_from_the_header() {
 /// The daemon runs `ensure` inside spawned tasks and axum handlers, which
 /// need `Send` futures; this stops compiling if that is lost.
 #[allow(dead_code)]
-fn ensure_is_send(store: &KernelStore, locks: &KernelLocks, catalog: &crate::catalog::Catalog) {
+fn ensure_is_send(store: &KernelStore, locks: &NameLocks, catalog: &crate::catalog::Catalog) {
     fn send<T: Send>(_: T) {}
     send(ensure(store, locks, "k", catalog, |_, _| {}));
 }

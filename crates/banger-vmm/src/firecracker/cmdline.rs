@@ -35,6 +35,7 @@ mod tests {
             prefix: 24,
             gateway: "172.30.0.1".parse().unwrap(),
             dns: None,
+            init: None,
         }
     }
 

@@ -164,6 +164,21 @@ pub struct GuestIdentity {
     pub prefix: u8,
     pub gateway: std::net::Ipv4Addr,
     pub dns: Option<std::net::Ipv4Addr>,
+    /// The guest's init when it is not the image's `/sbin/init` (the agent,
+    /// for an image without systemd). Only a plain absolute path is put on
+    /// the command line; anything else is left out (see [`safe_init`]).
+    pub init: Option<String>,
+}
+
+/// True for an init path that cannot add or change kernel parameters: an
+/// absolute path of letters, digits, '/', '.', '_' and '-', no `..`.
+pub fn safe_init(init: &str) -> bool {
+    init.starts_with('/')
+        && init.len() <= 200
+        && init
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
+        && !init.split('/').any(|c| c == "..")
 }
 
 /// Builds the guest kernel command line for a Debian image with the distro
@@ -186,6 +201,9 @@ pub fn kernel_cmdline(id: &GuestIdentity) -> String {
     ];
     if let Some(dns) = id.dns {
         parts.push(format!("banger.dns={dns}"));
+    }
+    if let Some(init) = id.init.as_deref().filter(|i| safe_init(i)) {
+        parts.push(format!("init={init}"));
     }
     parts.join(" ")
 }

@@ -81,12 +81,40 @@ fn cmdline_carries_identity() {
         prefix: 24,
         gateway: "172.30.0.1".parse().unwrap(),
         dns: None,
+        init: None,
     });
     assert!(line.contains("root=/dev/vda"));
     assert!(line.contains("banger.hostname=box"));
     assert!(line.contains("banger.ip=172.30.0.5/24"));
     assert!(line.contains("banger.gw=172.30.0.1"));
     assert!(!line.contains("banger.dns"));
+    assert!(!line.contains("init="));
+}
+
+#[test]
+fn cmdline_carries_a_plain_init_and_drops_one_that_smuggles_parameters() {
+    let id = |init: &str| GuestIdentity {
+        hostname: "box".into(),
+        ip: "172.30.0.5".parse().unwrap(),
+        prefix: 24,
+        gateway: "172.30.0.1".parse().unwrap(),
+        dns: None,
+        init: Some(init.into()),
+    };
+    let line = kernel_cmdline(&id("/usr/local/bin/banger-agent"));
+    assert!(
+        line.ends_with(" init=/usr/local/bin/banger-agent"),
+        "{line}"
+    );
+    for bad in [
+        "/bin/sh rw single",
+        "bin/sh",
+        "/x/../sh",
+        "/bin/sh\ninit=/y",
+    ] {
+        let line = kernel_cmdline(&id(bad));
+        assert!(!line.contains("init="), "{bad:?}: {line}");
+    }
 }
 
 #[test]

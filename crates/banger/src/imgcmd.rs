@@ -1,0 +1,533 @@
+//! `banger image ...` and `banger kernel ...`.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use banger_api::{
+    format_size, BuildImageRequest, CachePruneRequest, CachePruneResult, CatalogKernel, ImageInfo,
+    ImportImageRequest, ImportKernelRequest, KernelInfo, OperationInfo, PullImageRequest,
+    PullKernelRequest, RegisterImageRequest,
+};
+use banger_client::Client;
+use banger_paths::Layout;
+use clap::{Args, Subcommand};
+
+use crate::vmcmd::{ago, client, follow, print_json};
+use crate::{table, JsonFlag};
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Build the default Debian image locally (mmdebstrap + mkfs.ext4 -d).
+    Build(BuildArgs),
+    /// Pull an image from an OCI registry, or a prebuilt one from the catalog.
+    #[command(
+        after_help = "A reference with '/', ':' or '@' is an OCI registry image; a bare name is a\ncatalog image. OCI images boot a kernel from the kernel store (--kernel, or\nthe configured default_kernel), pulled from the catalog when missing.\n\nExamples:\n  banger image pull docker.io/library/debian:bookworm --name deb\n  banger image pull localhost:5000/team/tools:1 --insecure-registry\n  banger image pull ghcr.io/me/private:2 --username me --password-stdin < token\n  banger image pull debian-bookworm-dev          # from the catalog"
+    )]
+    Pull(PullArgs),
+    /// Import an OCI image layout directory or a `docker save` archive, offline.
+    #[command(
+        after_help = "Examples:\n  banger image import ./my-layout --tag v1 --name tools\n  docker save alpine:3.20 -o alpine.tar && banger image import alpine.tar"
+    )]
+    Import(ImportArgs),
+    /// List images.
+    #[command(alias = "ls")]
+    List(JsonFlag),
+    /// Show one image.
+    Show(ImageName),
+    /// Delete an image (refused while a VM uses it).
+    #[command(alias = "rm")]
+    Delete(ImageName),
+    /// Register an image whose rootfs and kernel stay where they are.
+    #[command(
+        after_help = "Examples:\n  banger image register mine --rootfs /srv/rootfs.ext4 --kernel /srv/vmlinuz --initrd /srv/initrd.img\n  banger image register mine --rootfs ./rootfs.ext4 --kernel-name debian-6.1"
+    )]
+    Register(RegisterArgs),
+    /// Copy a registered image's files into banger's store.
+    Promote(ImageName),
+    /// The OCI blob cache (layers kept to avoid re-downloads).
+    #[command(subcommand)]
+    Cache(CacheCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCmd {
+    /// Remove every cached blob; images already built are not affected.
+    #[command(
+        after_help = "Examples:\n  banger image cache prune --dry-run\n  banger image cache prune"
+    )]
+    Prune(PruneCacheArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Rebuild even if the image exists.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// registry/name:tag, name@sha256:..., or a catalog image name.
+    reference: String,
+    /// Image name (default: from the reference, e.g. `alpine-3.20`).
+    #[arg(long)]
+    name: Option<String>,
+    /// Kernel-store kernel the image boots (OCI images).
+    #[arg(long)]
+    kernel: Option<String>,
+    /// Talk plain http to this registry (a local test registry).
+    #[arg(long)]
+    insecure_registry: bool,
+    /// Registry user name (basic auth, or a bearer token exchange).
+    #[arg(long, requires = "password_stdin")]
+    username: Option<String>,
+    /// Read the registry password or token from stdin.
+    #[arg(long, requires = "username")]
+    password_stdin: bool,
+    /// Print the image as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// An OCI layout directory or a docker archive (.tar).
+    path: String,
+    #[arg(long)]
+    name: Option<String>,
+    /// Tag in an OCI layout (default `latest`).
+    #[arg(long)]
+    tag: Option<String>,
+    #[arg(long)]
+    kernel: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ImageName {
+    /// Image name.
+    name: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RegisterArgs {
+    /// Name for the image.
+    name: String,
+    /// ext4 root filesystem image.
+    #[arg(long)]
+    rootfs: String,
+    /// Kernel file (bzImage or vmlinux).
+    #[arg(long, conflicts_with = "kernel_name")]
+    kernel: Option<String>,
+    /// initramfs for --kernel.
+    #[arg(long, requires = "kernel")]
+    initrd: Option<String>,
+    /// A kernel from the kernel store instead of --kernel.
+    #[arg(long)]
+    kernel_name: Option<String>,
+    /// Directory whose files seed each VM's /root.
+    #[arg(long)]
+    work_seed: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneCacheArgs {
+    /// Only report what would be freed.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KernelCmd {
+    /// List the kernels the catalog offers.
+    Catalog(JsonFlag),
+    /// Download a kernel from the catalog.
+    #[command(after_help = "Examples:\n  banger kernel catalog\n  banger kernel pull debian-6.1")]
+    Pull(KernelName),
+    /// List installed kernels.
+    #[command(alias = "ls")]
+    List(JsonFlag),
+    /// Show one kernel.
+    Show(KernelName),
+    /// Delete a kernel (refused while a VM boots it).
+    #[command(alias = "rm")]
+    Delete(KernelName),
+    /// Add a kernel from a local file.
+    #[command(
+        after_help = "Examples:\n  banger kernel import my-6.6 ./bzImage\n  banger kernel import debian-6.1 /boot/vmlinuz-6.1.0-28-amd64 --initrd /boot/initrd.img-6.1.0-28-amd64"
+    )]
+    Import(KernelImportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KernelName {
+    name: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct KernelImportArgs {
+    /// Name for the kernel.
+    name: String,
+    /// bzImage or ELF vmlinux file.
+    vmlinuz: String,
+    #[arg(long)]
+    initrd: Option<String>,
+    /// Replace a kernel of that name.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+/// The daemon resolves paths itself: make them absolute here, relative to
+/// the user's working directory.
+fn absolute(p: &str) -> anyhow::Result<String> {
+    let path = Path::new(p);
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .context("current directory")?
+            .join(path)
+    };
+    Ok(abs.display().to_string())
+}
+
+/// Follows an image operation, then prints the image.
+async fn finish_image_op(c: &Client, op: OperationInfo, json: bool) -> anyhow::Result<u8> {
+    let done = follow(c, op, false).await?;
+    let img: ImageInfo = c.get(&format!("/images/{}", done.target)).await?;
+    if json {
+        print_json(&img)?;
+    } else {
+        print_image(&img);
+    }
+    Ok(0)
+}
+
+fn print_image(i: &ImageInfo) {
+    let row = |k: &str, v: &str| println!("{k:<10} {v}");
+    row("name", &i.name);
+    row("source", &i.source);
+    row("rootfs", &format_size(i.rootfs_bytes));
+    match &i.kernel_name {
+        Some(k) => row("kernel", &format!("{k} (kernel store)")),
+        None => row("kernel", &i.kernel),
+    }
+    if let Some(init) = &i.init {
+        row("init", init);
+    }
+    row("dir", &i.dir);
+    if i.registered {
+        row(
+            "files",
+            "registered in place (`banger image promote` copies them in)",
+        );
+    }
+    if !i.in_use_by.is_empty() {
+        row("used by", &i.in_use_by.join(", "));
+    }
+    row("created", &ago(i.created_at));
+}
+
+pub async fn image(layout: &Layout, cmd: ImageCmd) -> anyhow::Result<u8> {
+    let c = client(layout).await?;
+    match cmd {
+        ImageCmd::Build(a) => {
+            let op: OperationInfo = c
+                .post(
+                    "/images/build",
+                    &BuildImageRequest {
+                        name: None,
+                        force: a.force,
+                    },
+                )
+                .await?;
+            let done = follow(&c, op, a.json).await?;
+            if a.json {
+                print_json(&done)?;
+            }
+            Ok(0)
+        }
+        ImageCmd::Pull(a) => {
+            let password = if a.password_stdin {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("read the password from stdin")?;
+                let s = s.trim_end_matches(['\r', '\n']).to_string();
+                if s.is_empty() {
+                    bail!("--password-stdin: stdin was empty");
+                }
+                Some(s)
+            } else {
+                None
+            };
+            let op: OperationInfo = c
+                .post(
+                    "/images/pull",
+                    &PullImageRequest {
+                        reference: a.reference,
+                        name: a.name,
+                        kernel: a.kernel,
+                        insecure_registry: a.insecure_registry,
+                        username: a.username,
+                        password,
+                    },
+                )
+                .await?;
+            finish_image_op(&c, op, a.json).await
+        }
+        ImageCmd::Import(a) => {
+            let op: OperationInfo = c
+                .post(
+                    "/images/import",
+                    &ImportImageRequest {
+                        path: absolute(&a.path)?,
+                        name: a.name,
+                        tag: a.tag,
+                        kernel: a.kernel,
+                    },
+                )
+                .await?;
+            finish_image_op(&c, op, a.json).await
+        }
+        ImageCmd::List(j) => {
+            let imgs: Vec<ImageInfo> = c.get("/images").await?;
+            if j.json {
+                print_json(&imgs)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = imgs
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.name.clone(),
+                        i.source.clone(),
+                        i.kernel_name.clone().unwrap_or_else(|| "(own)".into()),
+                        format_size(i.rootfs_bytes),
+                        i.in_use_by.len().to_string(),
+                        ago(i.created_at),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table::render(
+                    &["NAME", "SOURCE", "KERNEL", "ROOTFS", "VMS", "CREATED"],
+                    &rows
+                )
+            );
+            Ok(0)
+        }
+        ImageCmd::Show(a) => {
+            let img: ImageInfo = c.get(&format!("/images/{}", a.name)).await?;
+            if a.json {
+                print_json(&img)?;
+            } else {
+                print_image(&img);
+            }
+            Ok(0)
+        }
+        ImageCmd::Delete(a) => {
+            let out: serde_json::Value = c.delete(&format!("/images/{}", a.name)).await?;
+            if a.json {
+                print_json(&out)?;
+            } else {
+                eprintln!("deleted image {}", a.name);
+            }
+            Ok(0)
+        }
+        ImageCmd::Register(a) => {
+            let img: ImageInfo = c
+                .post(
+                    "/images/register",
+                    &RegisterImageRequest {
+                        name: a.name,
+                        rootfs: absolute(&a.rootfs)?,
+                        kernel: a.kernel.as_deref().map(absolute).transpose()?,
+                        initrd: a.initrd.as_deref().map(absolute).transpose()?,
+                        kernel_name: a.kernel_name,
+                        work_seed: a.work_seed.as_deref().map(absolute).transpose()?,
+                    },
+                )
+                .await?;
+            if a.json {
+                print_json(&img)?;
+            } else {
+                print_image(&img);
+            }
+            Ok(0)
+        }
+        ImageCmd::Promote(a) => {
+            let img: ImageInfo = c
+                .post(
+                    &format!("/images/{}/promote", a.name),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            if a.json {
+                print_json(&img)?;
+            } else {
+                print_image(&img);
+            }
+            Ok(0)
+        }
+        ImageCmd::Cache(CacheCmd::Prune(a)) => {
+            let r: CachePruneResult = c
+                .post(
+                    "/images/cache/prune",
+                    &CachePruneRequest { dry_run: a.dry_run },
+                )
+                .await?;
+            if a.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "{} {} across {} blob(s) in {}",
+                    if r.dry_run { "would free" } else { "freed" },
+                    format_size(r.bytes),
+                    r.blobs,
+                    r.cache_dir
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn print_kernel(k: &KernelInfo) {
+    let row = |key: &str, v: &str| println!("{key:<10} {v}");
+    row("name", &k.name);
+    row("version", &k.version);
+    row("source", &k.source);
+    row("size", &format_size(k.bytes));
+    row("sha256", &k.sha256);
+    row("kernel", &k.vmlinuz);
+    if let Some(i) = &k.initrd {
+        row("initrd", i);
+    }
+    if !k.in_use_by.is_empty() {
+        row("used by", &k.in_use_by.join(", "));
+    }
+    row("created", &ago(k.created_at));
+}
+
+pub async fn kernel(layout: &Layout, cmd: KernelCmd) -> anyhow::Result<u8> {
+    let c = client(layout).await?;
+    match cmd {
+        KernelCmd::Catalog(j) => {
+            let ks: Vec<CatalogKernel> = c.get("/kernels/catalog").await?;
+            if j.json {
+                print_json(&ks)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = ks
+                .iter()
+                .map(|k| {
+                    vec![
+                        k.name.clone(),
+                        k.version.clone(),
+                        format_size(k.size),
+                        if k.installed { "yes" } else { "" }.to_string(),
+                        k.description.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table::render(
+                    &["NAME", "VERSION", "SIZE", "INSTALLED", "DESCRIPTION"],
+                    &rows
+                )
+            );
+            Ok(0)
+        }
+        KernelCmd::Pull(a) => {
+            let op: OperationInfo = c
+                .post("/kernels/pull", &PullKernelRequest { name: a.name })
+                .await?;
+            let done = follow(&c, op, false).await?;
+            let k: KernelInfo = c.get(&format!("/kernels/{}", done.target)).await?;
+            if a.json {
+                print_json(&k)?;
+            } else {
+                print_kernel(&k);
+            }
+            Ok(0)
+        }
+        KernelCmd::List(j) => {
+            let ks: Vec<KernelInfo> = c.get("/kernels").await?;
+            if j.json {
+                print_json(&ks)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = ks
+                .iter()
+                .map(|k| {
+                    vec![
+                        k.name.clone(),
+                        k.version.clone(),
+                        format_size(k.bytes),
+                        k.source.clone(),
+                        ago(k.created_at),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table::render(&["NAME", "VERSION", "SIZE", "SOURCE", "CREATED"], &rows)
+            );
+            Ok(0)
+        }
+        KernelCmd::Show(a) => {
+            let k: KernelInfo = c.get(&format!("/kernels/{}", a.name)).await?;
+            if a.json {
+                print_json(&k)?;
+            } else {
+                print_kernel(&k);
+            }
+            Ok(0)
+        }
+        KernelCmd::Delete(a) => {
+            let out: serde_json::Value = c.delete(&format!("/kernels/{}", a.name)).await?;
+            if a.json {
+                print_json(&out)?;
+            } else {
+                eprintln!("deleted kernel {}", a.name);
+            }
+            Ok(0)
+        }
+        KernelCmd::Import(a) => {
+            let k: KernelInfo = c
+                .post(
+                    "/kernels/import",
+                    &ImportKernelRequest {
+                        name: a.name,
+                        vmlinuz: absolute(&a.vmlinuz)?,
+                        initrd: a.initrd.as_deref().map(absolute).transpose()?,
+                        force: a.force,
+                    },
+                )
+                .await?;
+            if a.json {
+                print_json(&k)?;
+            } else {
+                print_kernel(&k);
+            }
+            Ok(0)
+        }
+    }
+}

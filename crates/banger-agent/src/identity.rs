@@ -208,33 +208,65 @@ fn configure_iface(id: &Identity) {
     if !sys.exists() {
         log!("identity: no interface {iface} after {IFACE_WAIT:?}; trying anyway");
     }
-    if let Err(e) = ip(&["link", "set", iface, "up"]) {
-        log!("identity: {e}");
-    }
-    if let Some((addr, prefix)) = id.ip {
-        let cidr = format!("{addr}/{prefix}");
-        match ip(&["addr", "add", &cidr, "dev", iface]) {
-            Ok(()) => log!("identity: {iface} has {cidr}"),
-            Err(e) if e.contains("File exists") => {} // configured by an earlier run
-            Err(e) => log!("identity: {e}"),
-        }
-    }
-    if let Some(gw) = id.gw {
-        match ip(&["route", "replace", "default", "via", &gw.to_string()]) {
-            Ok(()) => log!("identity: default route via {gw}"),
+    for (args, done) in iface_commands(id) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match ip(&args) {
+            Ok(()) => {
+                if let Some(done) = done {
+                    log!("identity: {done}");
+                }
+            }
             Err(e) => log!("identity: {e}"),
         }
     }
 }
 
-/// Runs iproute2's `ip` with `args`; the error carries its stderr.
+/// The `ip` invocations that configure the interface, each with what to
+/// log once it worked. They work with iproute2 and busybox's `ip` alike,
+/// and again on an interface an earlier run configured: `addr replace`,
+/// not `add`, which fails then, with a message that differs between the
+/// two (and the agent restarts under init).
+fn iface_commands(id: &Identity) -> Vec<(Vec<String>, Option<String>)> {
+    let iface = id.iface.as_str();
+    let argv = |args: &[&str]| args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    let mut commands = vec![(argv(&["link", "set", iface, "up"]), None)];
+    if let Some((addr, prefix)) = id.ip {
+        let cidr = format!("{addr}/{prefix}");
+        commands.push((
+            argv(&["addr", "replace", &cidr, "dev", iface]),
+            Some(format!("{iface} has {cidr}")),
+        ));
+    }
+    if let Some(gw) = id.gw {
+        commands.push((
+            argv(&["route", "replace", "default", "via", &gw.to_string()]),
+            Some(format!("default route via {gw}")),
+        ));
+    }
+    commands
+}
+
+/// Where `ip` lives: iproute2's, or busybox's applet (a link to busybox,
+/// or busybox itself when the image has no such link), or `ip` on PATH.
+/// Returns the program and the arguments that go before `ip`'s own.
+fn ip_program(exists: impl Fn(&str) -> bool) -> (&'static str, &'static [&'static str]) {
+    const IP: [&str; 4] = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"];
+    const BUSYBOX: [&str; 3] = ["/bin/busybox", "/usr/bin/busybox", "/sbin/busybox"];
+    if let Some(ip) = IP.into_iter().find(|p| exists(p)) {
+        return (ip, &[]);
+    }
+    match BUSYBOX.into_iter().find(|p| exists(p)) {
+        Some(busybox) => (busybox, &["ip"]),
+        None => ("ip", &[]),
+    }
+}
+
+/// Runs `ip` with `args`; the error carries its stderr.
 fn ip(args: &[&str]) -> Result<(), String> {
-    let program = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("ip");
+    let (program, prefix) = ip_program(|p| Path::new(p).exists());
     let shown = format!("ip {}", args.join(" "));
     let output = Command::new(program)
+        .args(prefix)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -247,10 +279,14 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Replaces `path` (a symlink too, e.g. a resolv.conf pointing elsewhere)
-/// with a regular file holding `contents`, atomically.
-fn write_replacing(path: &str, contents: &str) -> std::io::Result<()> {
-    let path = Path::new(path);
+/// Replaces `path` (a symlink too, e.g. a resolv.conf pointing elsewhere,
+/// dangling or not) with a regular file holding `contents`, atomically.
+/// A missing parent directory (an image without /etc) is created.
+fn write_replacing(path: impl AsRef<Path>, contents: &str) -> std::io::Result<()> {
+    let path = path.as_ref();
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!(".{name}.banger-agent"));
     std::fs::write(&tmp, contents)?;
@@ -327,5 +363,139 @@ mod tests {
         assert_eq!(hosts_with_hostname("10.0.0.1 vm1 other\n", "vm1"), None);
         assert!(hosts_with_hostname("# 127.0.1.1 vm1\n", "vm1").is_some());
         assert_eq!(hosts_with_hostname("", "vm1").unwrap(), "127.0.1.1\tvm1\n");
+    }
+
+    #[test]
+    fn ip_is_iproute2_or_busybox() {
+        assert_eq!(ip_program(|p| p == "/sbin/ip"), ("/sbin/ip", &[][..]));
+        // Debian has both; iproute2 wins.
+        assert_eq!(
+            ip_program(|p| p == "/usr/sbin/ip" || p == "/bin/busybox"),
+            ("/usr/sbin/ip", &[][..])
+        );
+        // A busybox image without an `ip` link.
+        assert_eq!(
+            ip_program(|p| p == "/bin/busybox"),
+            ("/bin/busybox", &["ip"][..])
+        );
+        assert_eq!(ip_program(|_| false), ("ip", &[][..]));
+    }
+
+    #[test]
+    fn iface_commands_are_idempotent_forms() {
+        let id = Identity {
+            ip: Some((Ipv4Addr::new(172, 30, 0, 5), 24)),
+            gw: Some(Ipv4Addr::new(172, 30, 0, 1)),
+            ..Identity::default()
+        };
+        let argv: Vec<String> = iface_commands(&id)
+            .into_iter()
+            .map(|(args, _)| args.join(" "))
+            .collect();
+        assert_eq!(
+            argv,
+            [
+                "link set eth0 up",
+                "addr replace 172.30.0.5/24 dev eth0",
+                "route replace default via 172.30.0.1",
+            ]
+        );
+        let only_up = iface_commands(&Identity::default());
+        assert_eq!(only_up.len(), 1);
+    }
+
+    /// Runs the agent's `ip` commands, twice, against iproute2 and busybox in
+    /// a network namespace of their own (`unshare -n`, as root), on a veth
+    /// named like the guest's interface. Skipped where that is not possible.
+    #[test]
+    fn ip_commands_work_with_iproute2_and_busybox() {
+        let have = |prog: &str| {
+            Command::new(prog)
+                .arg("--help")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok()
+        };
+        // SAFETY: geteuid(2) takes no arguments and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root || !have("unshare") || !have("ip") {
+            eprintln!("skipped: needs root, unshare and iproute2");
+            return;
+        }
+        let id = Identity {
+            ip: Some((Ipv4Addr::new(172, 30, 0, 5), 24)),
+            gw: Some(Ipv4Addr::new(172, 30, 0, 1)),
+            iface: "eth0".into(),
+            ..Identity::default()
+        };
+        let mut commands = vec!["link set lo up".to_owned()];
+        commands.extend(iface_commands(&id).into_iter().map(|(a, _)| a.join(" ")));
+        let mut implementations = vec!["ip"];
+        if have("busybox") {
+            implementations.push("busybox ip");
+        } else {
+            eprintln!("busybox missing: checking iproute2 only");
+        }
+        for imp in implementations {
+            let mut script = String::from(
+                "set -e\nip link add eth0 type veth peer name peer0\nip link set peer0 up\n",
+            );
+            for _ in 0..2 {
+                for c in &commands {
+                    script.push_str(&format!("{imp} {c}\n"));
+                }
+            }
+            script.push_str("ip -4 addr show dev eth0\nip -4 route\n");
+            let out = Command::new("unshare")
+                .args(["-n", "sh", "-c", &script])
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !out.status.success() && stderr.contains("unshare failed") {
+                eprintln!("skipped: cannot make a network namespace: {stderr}");
+                return;
+            }
+            assert!(out.status.success(), "{imp}: {stderr}\n{stdout}");
+            assert!(stdout.contains("inet 172.30.0.5/24"), "{imp}: {stdout}");
+            assert!(
+                stdout.contains("default via 172.30.0.1 dev eth0"),
+                "{imp}: {stdout}"
+            );
+        }
+    }
+
+    #[test]
+    fn write_replacing_copes_with_dangling_links_and_no_etc() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        // No /etc at all.
+        write_replacing(etc.join("hostname"), "vm1\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(etc.join("hostname")).unwrap(),
+            "vm1\n"
+        );
+        // resolv.conf pointing at systemd-resolved's file, which is not there.
+        let resolv = etc.join("resolv.conf");
+        std::os::unix::fs::symlink("../run/systemd/resolve/stub-resolv.conf", &resolv).unwrap();
+        write_replacing(&resolv, "nameserver 1.1.1.1\n").unwrap();
+        assert!(!std::fs::symlink_metadata(&resolv)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(&resolv).unwrap(),
+            "nameserver 1.1.1.1\n"
+        );
+        assert!(
+            !dir.path().join("run").exists(),
+            "the link target stays absent"
+        );
+        let names: Vec<_> = std::fs::read_dir(&etc)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
     }
 }

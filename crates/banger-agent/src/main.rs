@@ -1,4 +1,5 @@
-//! banger-agent: runs inside every banger guest (systemd starts it as root).
+//! banger-agent: runs inside every banger guest (systemd starts it as root),
+//! or is the guest's init (see `init`) in images without one.
 //!
 //! At startup it applies the VM identity passed on the kernel command line
 //! (hostname, address, gateway, DNS), then serves the host over the agent
@@ -13,7 +14,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Logs one line to stderr (the journal, under systemd).
+/// Logs one line to stderr (the journal under systemd; the console as init).
 macro_rules! log {
     ($($arg:tt)*) => {
         eprintln!("banger-agent: {}", format_args!($($arg)*))
@@ -23,6 +24,7 @@ macro_rules! log {
 mod channel;
 mod exec;
 mod identity;
+mod init;
 mod listen;
 mod serve;
 mod untar;
@@ -49,6 +51,9 @@ pub struct Options {
     pub listen: Option<PathBuf>,
     pub no_identity: bool,
     pub dry_poweroff: bool,
+    /// Started by the agent as init (`init::CHILD_ENV`, never the command
+    /// line): no systemd to power off with.
+    pub under_init: bool,
 }
 
 enum Cli {
@@ -92,6 +97,9 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<Cli> {
 }
 
 fn main() -> ExitCode {
+    if init::is_pid1() {
+        init::run(std::env::args_os().skip(1).collect());
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -102,14 +110,19 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    let opts = match parse_args(std::env::args_os().skip(1))? {
+    let mut opts = match parse_args(std::env::args_os().skip(1))? {
         Cli::Run(opts) => opts,
         Cli::Print(text) => {
             print!("{text}");
             return Ok(());
         }
     };
-    log!("version {} starting", env!("CARGO_PKG_VERSION"));
+    opts.under_init = init::is_child();
+    log!(
+        "version {} starting{}",
+        env!("CARGO_PKG_VERSION"),
+        if opts.under_init { " under init" } else { "" }
+    );
     if !opts.no_identity {
         identity::apply_from_kernel();
     }
@@ -145,6 +158,7 @@ mod tests {
                 listen: None,
                 no_identity: true,
                 dry_poweroff: true,
+                under_init: false,
             }
         );
         let Cli::Run(o) = parse(&[]).unwrap() else {

@@ -24,6 +24,29 @@ const POWEROFF_DELAY: Duration = Duration::from_millis(100);
 /// Longest error message sent, in bytes.
 const MAX_MESSAGE_BYTES: usize = 8 * 1024;
 
+/// How a Poweroff request powers off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PowerOff {
+    /// `--dry-poweroff`: answer, do nothing.
+    Dry,
+    /// Ask systemd (or power off directly if that fails).
+    Systemd,
+    /// Under the agent as init: no systemd; `init::power_off`.
+    Init,
+}
+
+impl PowerOff {
+    fn for_options(opts: &Options) -> PowerOff {
+        if opts.dry_poweroff {
+            PowerOff::Dry
+        } else if opts.under_init {
+            PowerOff::Init
+        } else {
+            PowerOff::Systemd
+        }
+    }
+}
+
 /// The one writer every request thread shares.
 pub struct Out {
     inner: Mutex<Writer>,
@@ -127,6 +150,7 @@ pub fn serve(chan: Channel, opts: &Options) -> anyhow::Result<()> {
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let mut host_connected = true;
     let mut dropped = 0u64;
+    let power_off = PowerOff::for_options(opts);
     loop {
         let n = match reader.read(&mut buf) {
             Ok(n) => n,
@@ -164,7 +188,7 @@ pub fn serve(chan: Channel, opts: &Options) -> anyhow::Result<()> {
                 Request::Chunk { len } => uploads.chunk_start(id, len),
                 Request::End => uploads.end(id),
                 Request::Cancel => uploads.cancel(id),
-                req => dispatch(id, req, &out, opts.dry_poweroff),
+                req => dispatch(id, req, &out, power_off),
             },
             HostInput::ChunkData {
                 data, remaining, ..
@@ -200,18 +224,18 @@ fn frame_id(line: &[u8]) -> Option<u64> {
     value.get("id")?.as_u64()
 }
 
-fn dispatch(id: u64, req: Request, out: &Arc<Out>, dry_poweroff: bool) {
+fn dispatch(id: u64, req: Request, out: &Arc<Out>, power_off: PowerOff) {
     let thread_out = out.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("req-{id}"))
-        .spawn(move || handle(id, req, &thread_out, dry_poweroff));
+        .spawn(move || handle(id, req, &thread_out, power_off));
     if let Err(e) = spawned {
         log!("request {id}: cannot start a thread: {e}");
         out.error(id, format!("agent cannot start a thread: {e}"));
     }
 }
 
-fn handle(id: u64, req: Request, out: &Arc<Out>, dry_poweroff: bool) {
+fn handle(id: u64, req: Request, out: &Arc<Out>, power_off: PowerOff) {
     match req {
         Request::Ping => out.send(
             id,
@@ -235,10 +259,10 @@ fn handle(id: u64, req: Request, out: &Arc<Out>, dry_poweroff: bool) {
             sync();
             out.send(id, Event::Ok);
             sleep(POWEROFF_DELAY);
-            if dry_poweroff {
-                log!("--dry-poweroff: not powering off");
-            } else {
-                poweroff();
+            match power_off {
+                PowerOff::Dry => log!("--dry-poweroff: not powering off"),
+                PowerOff::Systemd => poweroff(),
+                PowerOff::Init => crate::init::power_off(),
             }
         }
     }

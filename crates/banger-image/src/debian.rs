@@ -104,12 +104,20 @@ const MASKED_UNITS: &[&str] = &[
     "systemd-pstore.service",
 ];
 
-/// Only the drivers a banger VM boots from: a small initramfs unpacks much
+/// Only the drivers a banger VM needs: a small initramfs unpacks much
 /// faster under software emulation than Debian's "most" default.
 /// `virtio_pci` finds QEMU's disks; `virtio_mmio` finds Firecracker's,
 /// through ACPI (Firecracker >= 1.8) or the `virtio_mmio.device=` keys older
 /// Firecracker appends to the command line (modprobe passes them on).
-const INITRAMFS_MODULES: &str = "virtio_pci\nvirtio_mmio\nvirtio_blk\next4\n";
+///
+/// initramfs-tools also loads every module listed here before it hands over
+/// to the root, so the list carries the drivers a root without
+/// `/lib/modules` cannot load itself: an OCI image booted with this
+/// kernel and initramfs (the agent as init). `virtio_net` is its network,
+/// `virtio_console` the agent's virtio-serial port (QEMU) and
+/// `vmw_vsock_virtio_transport` its vsock (Firecracker).
+const INITRAMFS_MODULES: &str = "virtio_pci\nvirtio_mmio\nvirtio_blk\next4\n\
+    virtio_net\nvirtio_console\nvmw_vsock_virtio_transport\n";
 
 #[derive(Debug, Clone)]
 pub struct DebianBuild {

@@ -119,3 +119,34 @@ fn failed_build_leaves_nothing_behind() {
     let left: Vec<_> = std::fs::read_dir(&images).unwrap().collect();
     assert!(left.is_empty(), "build dir must be removed, found {left:?}");
 }
+
+#[test]
+fn initramfs_loads_the_drivers_a_root_without_modules_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    write_initramfs_config(dir.path()).unwrap();
+    let listed = std::fs::read_to_string(
+        dir.path()
+            .join("usr/share/initramfs-tools/modules.d/banger"),
+    )
+    .unwrap();
+    let modules: Vec<&str> = listed.lines().collect();
+    // Disks and root filesystem, then what an OCI root (no /lib/modules)
+    // needs from the initramfs: network, virtio-serial and vsock.
+    for m in [
+        "virtio_pci",
+        "virtio_mmio",
+        "virtio_blk",
+        "ext4",
+        "virtio_net",
+        "virtio_console",
+        "vmw_vsock_virtio_transport",
+    ] {
+        assert!(modules.contains(&m), "{m} missing from {modules:?}");
+    }
+    assert!(modules
+        .iter()
+        .all(|m| !m.trim().is_empty() && *m == m.trim()));
+    let conf =
+        std::fs::read_to_string(dir.path().join("etc/initramfs-tools/conf.d/banger")).unwrap();
+    assert!(conf.contains("MODULES=list\n"), "{conf}");
+}

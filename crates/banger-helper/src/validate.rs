@@ -64,6 +64,21 @@ impl Roots {
         self.state_dir.join("images")
     }
 
+    /// `<state>/kernels`: the kernel store (kernels OCI images boot).
+    pub fn kernels_dir(&self) -> PathBuf {
+        self.state_dir.join("kernels")
+    }
+
+    /// Where a VM's kernel and initrd may come from: the images, the kernel
+    /// store, or the VM's own state dir.
+    pub fn boot_dirs(&self, vm_id: &str) -> [PathBuf; 3] {
+        [
+            self.images_dir(),
+            self.kernels_dir(),
+            self.vm_state_dir(vm_id),
+        ]
+    }
+
     /// The only pidfile a VMM of `vm_id` may use; computed here, never taken
     /// from a request.
     pub fn pidfile(&self, vm_id: &str) -> PathBuf {
@@ -364,7 +379,7 @@ pub fn qemu_config(cfg: &QemuConfig, roots: &Roots) -> Result<(), Invalid> {
     let runtime = roots.runtime_dir.as_path();
     let vm_state = [roots.vm_state_dir(&cfg.vm_id)];
     let vm_runtime = [roots.vm_runtime_dir(&cfg.vm_id)];
-    let boot = [roots.images_dir(), roots.vm_state_dir(&cfg.vm_id)];
+    let boot = roots.boot_dirs(&cfg.vm_id);
 
     managed_file("kernel", &cfg.kernel, state, &boot)?;
     if let Some(initrd) = &cfg.initrd {

@@ -727,8 +727,9 @@ fn is_ext_fs(path: &Path) -> bool {
         && magic == [0x53, 0xEF]
 }
 
-/// `banger image register`: an image whose rootfs and kernel stay where
-/// they are (absolute paths in its manifest). `promote` copies them in.
+/// `banger image register`: an image whose rootfs stays where it is (an
+/// absolute path in its manifest; the kernel file, small, is copied in).
+/// `promote` copies the rootfs in too.
 pub async fn register(d: &Shared, req: RegisterImageRequest) -> Result<ImageInfo, ApiError> {
     let name = req.name.clone();
     let _g = d.image_locks.lock(&name).await;
@@ -740,14 +741,15 @@ pub async fn register(d: &Shared, req: RegisterImageRequest) -> Result<ImageInfo
             rootfs.display()
         )));
     }
-    let (kernel, initrd, kernel_name) = match (&req.kernel, &req.kernel_name) {
+    // A kernel file is copied in (it is small, and the root helper boots
+    // kernels only from banger's own trees); the rootfs stays in place.
+    let (kernel_src, initrd_src, kernel_name) = match (&req.kernel, &req.kernel_name) {
         (Some(k), None) => (
-            check_abs_file("kernel", k)?.display().to_string(),
+            Some(check_abs_file("kernel", k)?),
             req.initrd
                 .as_deref()
                 .map(|i| check_abs_file("initrd", i))
-                .transpose()?
-                .map(|p| p.display().to_string()),
+                .transpose()?,
             None,
         ),
         (None, Some(k)) => {
@@ -758,7 +760,7 @@ pub async fn register(d: &Shared, req: RegisterImageRequest) -> Result<ImageInfo
             }
             banger_image::kernels::validate_name(k)
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            (String::new(), None, Some(k.clone()))
+            (None, None, Some(k.clone()))
         }
         _ => {
             return Err(ApiError::bad_request(
@@ -787,8 +789,12 @@ pub async fn register(d: &Shared, req: RegisterImageRequest) -> Result<ImageInfo
         source: format!("register:{}", rootfs.display()),
         build_hash: String::new(),
         rootfs: rootfs.display().to_string(),
-        kernel,
-        initrd,
+        kernel: if kernel_src.is_some() {
+            "vmlinuz".into()
+        } else {
+            String::new()
+        },
+        initrd: initrd_src.as_ref().map(|_| "initrd.img".to_string()),
         work_seed: "work-seed".into(),
         kernel_version: String::new(),
         rootfs_bytes: size,
@@ -800,6 +806,12 @@ pub async fn register(d: &Shared, req: RegisterImageRequest) -> Result<ImageInfo
     let dest = tokio::task::spawn_blocking(move || -> Result<PathBuf, ApiError> {
         let fail = |e: banger_image::ImageError| ApiError::failed(e.to_string());
         let staged = StagedImage::new(&images, &name2).map_err(fail)?;
+        if let Some(k) = &kernel_src {
+            copy_tree(k, &staged.path().join("vmlinuz"))?;
+        }
+        if let Some(i) = &initrd_src {
+            copy_tree(i, &staged.path().join("initrd.img"))?;
+        }
         let seed = staged.path().join("work-seed");
         match seed_src {
             Some(src) => copy_tree(&src, &seed)?,
@@ -865,16 +877,13 @@ pub async fn promote(d: &Shared, name: &str) -> Result<ImageInfo, ApiError> {
             &staged.path().join("rootfs.ext4"),
         )?;
         m.rootfs = "rootfs.ext4".into();
-        if m.kernel_name.is_none() {
-            copy_tree(
-                &PathBuf::from(&manifest.kernel),
-                &staged.path().join("vmlinuz"),
-            )?;
+        if let Some(k) = manifest.kernel_path(&dir) {
+            copy_tree(&k, &staged.path().join("vmlinuz"))?;
             m.kernel = "vmlinuz".into();
-            if let Some(i) = &manifest.initrd {
-                copy_tree(&PathBuf::from(i), &staged.path().join("initrd.img"))?;
-                m.initrd = Some("initrd.img".into());
-            }
+        }
+        if let Some(i) = manifest.initrd_path(&dir) {
+            copy_tree(&i, &staged.path().join("initrd.img"))?;
+            m.initrd = Some("initrd.img".into());
         }
         copy_tree(
             &manifest.work_seed_path(&dir),

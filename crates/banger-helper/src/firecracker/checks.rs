@@ -106,15 +106,15 @@ pub fn dm_device(field: &str, path: &Path) -> Result<u64, Invalid> {
 }
 
 /// Validates a launch request against the helper's roots: the vm id, the
-/// kernel and initrd (existing regular files under `<state>/images/` or the
-/// VM's state dir, no symlink anywhere below the state root), and 1 to
+/// kernel and initrd (existing regular files under `<state>/images/`,
+/// `<state>/kernels/` or the VM's state dir, no symlink anywhere below the state root), and 1 to
 /// [`MAX_DRIVES`] drives with unique ids, each a regular file in the VM's
 /// own state dir or a banger dm device.
 pub fn launch_spec(spec: &LaunchSpec, roots: &Roots) -> Result<Vec<CheckedDrive>, Invalid> {
     validate::vm_id(&spec.vm_id)?;
     let state = roots.state_dir.as_path();
     let vm_state = [roots.vm_state_dir(&spec.vm_id)];
-    let boot = [roots.images_dir(), roots.vm_state_dir(&spec.vm_id)];
+    let boot = roots.boot_dirs(&spec.vm_id);
     existing_file("kernel", &spec.kernel, state, &boot)?;
     if let Some(initrd) = &spec.initrd {
         existing_file("initrd", initrd, state, &boot)?;

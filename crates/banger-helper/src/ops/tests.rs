@@ -70,10 +70,15 @@ impl Env {
             .spawn()
             .unwrap();
         let pid = child.id();
-        for _ in 0..200 {
-            if banger_vmm::proc::comm(pid).is_some_and(|c| c.starts_with("qemu-system")) {
-                break;
-            }
+        // Until exec completes the child still looks like this test binary,
+        // and the helper rightly refuses to signal it. Wait for the exec
+        // (generously: CI may be busy booting VMs) and fail loudly if not.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !banger_vmm::proc::comm(pid).is_some_and(|c| c.starts_with("qemu-system")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fake vmm {pid} never exec'd"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         child

@@ -241,6 +241,11 @@ fn good_qemu_config_passes() {
     c.initrd = None;
     c.accel = Accel::Kvm;
     qemu_config(&c, &t.roots).unwrap();
+    // Or in the kernel store (the kernels OCI images boot).
+    let mut c = t.config();
+    c.kernel = t.roots.kernels_dir().join("debian-6.1/vmlinuz");
+    c.initrd = Some(t.roots.kernels_dir().join("debian-6.1/initrd.img"));
+    qemu_config(&c, &t.roots).unwrap();
 }
 
 fn refused(t: &Tree, f: impl FnOnce(&mut QemuConfig), needle: &str) {
@@ -289,6 +294,17 @@ fn qemu_config_paths_stay_in_their_trees() {
     let r = t.roots.vm_runtime_dir(VM);
     // Outside every root.
     refused(&t, |c| c.kernel = "/boot/vmlinuz".into(), "outside");
+    // The state dir itself, or a sibling of the known trees, is not a boot dir.
+    refused(
+        &t,
+        |c| c.kernel = t.roots.state_dir.join("vmlinuz"),
+        "outside",
+    );
+    refused(
+        &t,
+        |c| c.kernel = t.roots.state_dir.join("kernelsx/k/vmlinuz"),
+        "outside",
+    );
     refused(&t, |c| c.root_disk = "/etc/shadow".into(), "outside");
     // Relative, `..`, `.`, non-normal.
     refused(

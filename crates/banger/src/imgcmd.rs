@@ -205,16 +205,21 @@ fn absolute(p: &str) -> anyhow::Result<String> {
     Ok(abs.display().to_string())
 }
 
+/// Prints `v` as JSON, or for people with `human`.
+fn emit<T: serde::Serialize>(v: &T, json: bool, human: impl FnOnce(&T)) -> anyhow::Result<u8> {
+    if json {
+        print_json(v)?;
+    } else {
+        human(v);
+    }
+    Ok(0)
+}
+
 /// Follows an image operation, then prints the image.
 async fn finish_image_op(c: &Client, op: OperationInfo, json: bool) -> anyhow::Result<u8> {
     let done = follow(c, op, false).await?;
     let img: ImageInfo = c.get(&format!("/images/{}", done.target)).await?;
-    if json {
-        print_json(&img)?;
-    } else {
-        print_image(&img);
-    }
-    Ok(0)
+    emit(&img, json, print_image)
 }
 
 fn print_image(i: &ImageInfo) {
@@ -334,21 +339,11 @@ pub async fn image(layout: &Layout, cmd: ImageCmd) -> anyhow::Result<u8> {
         }
         ImageCmd::Show(a) => {
             let img: ImageInfo = c.get(&format!("/images/{}", a.name)).await?;
-            if a.json {
-                print_json(&img)?;
-            } else {
-                print_image(&img);
-            }
-            Ok(0)
+            emit(&img, a.json, print_image)
         }
         ImageCmd::Delete(a) => {
             let out: serde_json::Value = c.delete(&format!("/images/{}", a.name)).await?;
-            if a.json {
-                print_json(&out)?;
-            } else {
-                eprintln!("deleted image {}", a.name);
-            }
-            Ok(0)
+            emit(&out, a.json, |_| eprintln!("deleted image {}", a.name))
         }
         ImageCmd::Register(a) => {
             let img: ImageInfo = c
@@ -364,12 +359,7 @@ pub async fn image(layout: &Layout, cmd: ImageCmd) -> anyhow::Result<u8> {
                     },
                 )
                 .await?;
-            if a.json {
-                print_json(&img)?;
-            } else {
-                print_image(&img);
-            }
-            Ok(0)
+            emit(&img, a.json, print_image)
         }
         ImageCmd::Promote(a) => {
             let img: ImageInfo = c
@@ -378,12 +368,7 @@ pub async fn image(layout: &Layout, cmd: ImageCmd) -> anyhow::Result<u8> {
                     &serde_json::json!({}),
                 )
                 .await?;
-            if a.json {
-                print_json(&img)?;
-            } else {
-                print_image(&img);
-            }
-            Ok(0)
+            emit(&img, a.json, print_image)
         }
         ImageCmd::Cache(CacheCmd::Prune(a)) => {
             let r: CachePruneResult = c
@@ -461,12 +446,7 @@ pub async fn kernel(layout: &Layout, cmd: KernelCmd) -> anyhow::Result<u8> {
                 .await?;
             let done = follow(&c, op, false).await?;
             let k: KernelInfo = c.get(&format!("/kernels/{}", done.target)).await?;
-            if a.json {
-                print_json(&k)?;
-            } else {
-                print_kernel(&k);
-            }
-            Ok(0)
+            emit(&k, a.json, print_kernel)
         }
         KernelCmd::List(j) => {
             let ks: Vec<KernelInfo> = c.get("/kernels").await?;
@@ -494,21 +474,11 @@ pub async fn kernel(layout: &Layout, cmd: KernelCmd) -> anyhow::Result<u8> {
         }
         KernelCmd::Show(a) => {
             let k: KernelInfo = c.get(&format!("/kernels/{}", a.name)).await?;
-            if a.json {
-                print_json(&k)?;
-            } else {
-                print_kernel(&k);
-            }
-            Ok(0)
+            emit(&k, a.json, print_kernel)
         }
         KernelCmd::Delete(a) => {
             let out: serde_json::Value = c.delete(&format!("/kernels/{}", a.name)).await?;
-            if a.json {
-                print_json(&out)?;
-            } else {
-                eprintln!("deleted kernel {}", a.name);
-            }
-            Ok(0)
+            emit(&out, a.json, |_| eprintln!("deleted kernel {}", a.name))
         }
         KernelCmd::Import(a) => {
             let k: KernelInfo = c
@@ -522,12 +492,7 @@ pub async fn kernel(layout: &Layout, cmd: KernelCmd) -> anyhow::Result<u8> {
                     },
                 )
                 .await?;
-            if a.json {
-                print_json(&k)?;
-            } else {
-                print_kernel(&k);
-            }
-            Ok(0)
+            emit(&k, a.json, print_kernel)
         }
     }
 }

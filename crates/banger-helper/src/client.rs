@@ -239,6 +239,44 @@ impl HelperClient {
         .await
     }
 
+    /// Turns the warm tap `pool` into the tap of `vm_id`.
+    pub async fn claim_tap(
+        &self,
+        op_id: &str,
+        pool: &str,
+        vm_id: &str,
+        bridge: &str,
+    ) -> Result<(), HelperError> {
+        self.expect_done(
+            op_id,
+            HelperRequest::ClaimTap {
+                pool: pool.to_string(),
+                vm_id: vm_id.to_string(),
+                bridge: bridge.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// Gives the tap of `vm_id` back to the pool as `pool`.
+    pub async fn release_tap(
+        &self,
+        op_id: &str,
+        vm_id: &str,
+        pool: &str,
+        bridge: &str,
+    ) -> Result<(), HelperError> {
+        self.expect_done(
+            op_id,
+            HelperRequest::ReleaseTap {
+                vm_id: vm_id.to_string(),
+                pool: pool.to_string(),
+                bridge: bridge.to_string(),
+            },
+        )
+        .await
+    }
+
     /// Starts the VM's QEMU; returns the VMM's pid.
     pub async fn launch_qemu(&self, op_id: &str, config: &QemuConfig) -> Result<u32, HelperError> {
         let req = HelperRequest::LaunchQemu {

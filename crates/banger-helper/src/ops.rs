@@ -103,6 +103,38 @@ pub async fn execute(helper: &Arc<Helper>, req: HelperRequest) -> Result<HelperR
                 .map_err(|e| ApiError::failed(format!("delete tap {name}: {e}")))?;
             Ok(HelperResponse::Done)
         }
+        HelperRequest::ClaimTap {
+            pool,
+            vm_id,
+            bridge,
+        } => {
+            validate::pool_tap_name(&pool)?;
+            validate::vm_id(&vm_id)?;
+            validate::bridge_name(&bridge)?;
+            helper.require_root("claim_tap")?;
+            let tap = banger_net::tap_name_for(&vm_id);
+            let _g = helper.net_lock.lock().await;
+            banger_net::rename_tap(&pool, &tap, &bridge)
+                .await
+                .map_err(|e| ApiError::failed(format!("claim {pool} as {tap}: {e}")))?;
+            Ok(HelperResponse::Done)
+        }
+        HelperRequest::ReleaseTap {
+            vm_id,
+            pool,
+            bridge,
+        } => {
+            validate::vm_id(&vm_id)?;
+            validate::pool_tap_name(&pool)?;
+            validate::bridge_name(&bridge)?;
+            helper.require_root("release_tap")?;
+            let tap = banger_net::tap_name_for(&vm_id);
+            let _g = helper.net_lock.lock().await;
+            banger_net::rename_tap(&tap, &pool, &bridge)
+                .await
+                .map_err(|e| ApiError::failed(format!("release {tap} as {pool}: {e}")))?;
+            Ok(HelperResponse::Done)
+        }
         HelperRequest::LaunchQemu { config } => {
             let h = helper.clone();
             let pid = blocking(move || launch(&h.config, &config)).await?;

@@ -39,6 +39,20 @@ pub enum HelperRequest {
     CreateTap { name: String, bridge: String },
     /// Delete a tap; a missing one is not an error.
     DeleteTap { name: String },
+    /// Rename the warm pool tap `pool` (`tap-bg-p<digits>`) to the tap of
+    /// `vm_id` (computed here, never taken from the request) and leave it
+    /// up on `bridge`.
+    ClaimTap {
+        pool: String,
+        vm_id: String,
+        bridge: String,
+    },
+    /// Rename the tap of `vm_id` back to the pool name `pool`.
+    ReleaseTap {
+        vm_id: String,
+        pool: String,
+        bridge: String,
+    },
     /// Start QEMU detached, as the owner; answers with the VMM's pid.
     LaunchQemu { config: Box<QemuConfig> },
     /// Send an allowlisted signal to the VMM of `vm_id`.
@@ -94,6 +108,8 @@ impl HelperRequest {
             HelperRequest::EnsureBridge { .. } => "ensure_bridge",
             HelperRequest::CreateTap { .. } => "create_tap",
             HelperRequest::DeleteTap { .. } => "delete_tap",
+            HelperRequest::ClaimTap { .. } => "claim_tap",
+            HelperRequest::ReleaseTap { .. } => "release_tap",
             HelperRequest::LaunchQemu { .. } => "launch_qemu",
             HelperRequest::SignalVmm { .. } => "signal_vmm",
             HelperRequest::KillVmm { .. } => "kill_vmm",

@@ -236,6 +236,8 @@ fn subject(req: &HelperRequest) -> String {
         HelperRequest::EnsureBridge { name, ip, prefix } => format!("{name} {ip}/{prefix}"),
         HelperRequest::CreateTap { name, bridge } => format!("{name} on {bridge}"),
         HelperRequest::DeleteTap { name } => name.clone(),
+        HelperRequest::ClaimTap { pool, vm_id, .. } => format!("{pool} for vm {vm_id}"),
+        HelperRequest::ReleaseTap { vm_id, pool, .. } => format!("vm {vm_id} to {pool}"),
         HelperRequest::LaunchQemu { config } => format!("vm {}", config.vm_id),
         HelperRequest::SignalVmm { vm_id, pid, signal } => format!("vm {vm_id} pid {pid} {signal}"),
         HelperRequest::KillVmm { vm_id, pid } => format!("vm {vm_id} pid {pid}"),

@@ -125,6 +125,21 @@ pub fn tap_name(name: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// A warm-pool tap: `tap-bg-p` and 1 to 7 digits. VM taps are `tap-bg-`
+/// plus hex, so the two never collide.
+pub fn pool_tap_name(name: &str) -> Result<(), Invalid> {
+    let digits = name.strip_prefix(POOL_TAP_PREFIX).unwrap_or("");
+    if digits.is_empty() || digits.len() > 7 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return invalid(format!(
+            "invalid pool tap name {name:?}: must be {POOL_TAP_PREFIX} and 1 to 7 digits"
+        ));
+    }
+    Ok(())
+}
+
+/// Prefix of warm-pool taps.
+pub const POOL_TAP_PREFIX: &str = "tap-bg-p";
+
 /// CIDR prefix length for the bridge: 8..=32.
 pub fn prefix(prefix: u8) -> Result<(), Invalid> {
     if !(8..=32).contains(&prefix) {

@@ -92,6 +92,14 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 ";
 
+/// The root and the work disk (mounted over /root). Not `nofail`:
+/// local-fs.target (and so the agent) must wait for the work disk, or a
+/// write to /root could land on the root disk and vanish under the mount.
+/// The device timeout is generous: eight VMs booting at once under software
+/// emulation on two cores took longer than systemd's 90 s default (and than
+/// the 30 s we had), which dropped guests into emergency mode.
+pub const FSTAB: &str = "# written by banger\n/dev/vda / ext4 defaults 0 0\n/dev/vdb /root ext4 defaults,x-systemd.device-timeout=10min 0 0\n";
+
 /// Units a disposable VM does not need; masked to shorten boot.
 const MASKED_UNITS: &[&str] = &[
     "apt-daily.timer",
@@ -158,6 +166,7 @@ impl DebianBuild {
         h.update(AGENT_UNIT);
         h.update(SSH_KEYGEN_UNIT);
         h.update(SSHD_CONFIG);
+        h.update(FSTAB);
         h.update(INITRAMFS_MODULES);
         h.update(Sha256::digest(&agent));
         Ok(hex::encode(h.finalize()))
@@ -328,11 +337,7 @@ pub fn customize_tree(tree: &Path, agent_bin: &Path) -> Result<(), ImageError> {
     // The work disk holds /root. Not `nofail`: local-fs.target (and so the
     // agent) must wait for it, or a write to /root could land on the root
     // disk and vanish under the mount.
-    write(
-        &tree.join("etc/fstab"),
-        b"# written by banger\n/dev/vda / ext4 defaults 0 0\n/dev/vdb /root ext4 defaults,x-systemd.device-timeout=30s 0 0\n",
-        0o644,
-    )?;
+    write(&tree.join("etc/fstab"), FSTAB.as_bytes(), 0o644)?;
     // Each VM generates its own machine-id and SSH host keys at first boot.
     write(&tree.join("etc/machine-id"), b"", 0o444)?;
     let _ = std::fs::remove_file(tree.join("var/lib/dbus/machine-id"));

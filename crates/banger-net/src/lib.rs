@@ -23,7 +23,8 @@ pub use alloc::{
     TAP_PREFIX,
 };
 pub use link::{
-    create_tap, delete_tap, ensure_bridge, ipv4_addresses, link, link_exists, Link, TunInfo,
+    create_tap, delete_tap, ensure_bridge, ipv4_addresses, link, link_exists, list_links,
+    rename_tap, Link, TunInfo,
 };
 pub use nat::{ensure_vm_nat, list_vm_nat, remove_vm_nat, NatChange, NatError};
 
@@ -51,6 +52,8 @@ pub enum NetError {
     },
     #[error("interface {0} does not exist")]
     NoSuchLink(String),
+    #[error("interface {0} already exists")]
+    Exists(String),
     #[error("interface {name} exists but is a {found}, not a {expected}")]
     WrongKind {
         name: String,

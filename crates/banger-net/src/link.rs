@@ -431,6 +431,68 @@ pub async fn delete_tap(name: &str) -> Result<(), NetError> {
     }
 }
 
+/// Every link whose name starts with `prefix`, sorted by name.
+pub async fn list_links(prefix: &str) -> Result<Vec<Link>, NetError> {
+    let nl = Nl::open()?;
+    let msgs: Vec<LinkMessage> = nl
+        .handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| nl_err("list links".to_string(), e))?;
+    let mut links: Vec<Link> = msgs
+        .iter()
+        .map(parse_link)
+        .filter(|l| l.name.starts_with(prefix))
+        .collect();
+    links.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(links)
+}
+
+/// Renames the tap `from` to `to` and leaves it up on `bridge`: how a
+/// pre-made (warm) tap becomes a VM's tap, and goes back to the pool. The
+/// owner set at creation is kept. Refuses a `from` that is not a tap, and a
+/// `to` that exists (nothing is ever renamed over).
+pub async fn rename_tap(from: &str, to: &str, bridge: &str) -> Result<(), NetError> {
+    check_ifname(from)?;
+    check_ifname(to)?;
+    check_ifname(bridge)?;
+    let nl = Nl::open()?;
+    let br = nl
+        .link(bridge)
+        .await?
+        .ok_or_else(|| NetError::NoSuchLink(bridge.to_string()))?;
+    let tap = nl
+        .link(from)
+        .await?
+        .ok_or_else(|| NetError::NoSuchLink(from.to_string()))?;
+    if !matches!((&tap.kind, tap.tun), (Some(k), Some(t)) if k == "tun" && t.tap) {
+        return Err(NetError::WrongKind {
+            name: from.to_string(),
+            expected: "tap",
+            found: tap.kind.unwrap_or_else(|| "unknown".into()),
+        });
+    }
+    if nl.link(to).await?.is_some() {
+        return Err(NetError::Exists(to.to_string()));
+    }
+    // The kernel renames only a link that is down.
+    nl.handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(tap.index)
+                .down()
+                .name(to.to_string())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| nl_err(format!("rename {from} to {to}"), e))?;
+    attach(&nl, to, br.index).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use banger_net::{
-    create_tap, delete_tap, ensure_bridge, ipv4_addresses, link, link_exists, NetError,
+    create_tap, delete_tap, ensure_bridge, ipv4_addresses, link, link_exists, list_links,
+    rename_tap, NetError,
 };
 
 fn is_root() -> bool {
@@ -193,6 +194,49 @@ fn tap_lifecycle() {
         // A name that is not a tap cannot be "created" over.
         let e = create_tap(BR, BR, uid, gid).await.unwrap_err();
         assert!(matches!(e, NetError::WrongKind { .. }), "{e}");
+    });
+}
+
+#[test]
+fn a_warm_tap_is_renamed_into_a_vm_tap_and_back() {
+    in_fresh_netns("tap_rename", |_| async move {
+        let (pool, vm) = ("tap-bg-p0000001", "tap-bg-0123abcd");
+        ensure_bridge(BR, GW, 24).await.unwrap();
+        let br = link(BR).await.unwrap().unwrap();
+        create_tap(pool, BR, 4242, 4343).await.unwrap();
+        assert_eq!(
+            list_links("tap-bg-p")
+                .await
+                .unwrap()
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>(),
+            [pool]
+        );
+
+        rename_tap(pool, vm, BR).await.unwrap();
+        assert!(!link_exists(pool).await.unwrap());
+        let t = link(vm).await.unwrap().expect("renamed");
+        assert!(t.up, "up again after the rename");
+        assert_eq!(t.controller, Some(br.index), "still on the bridge");
+        assert_eq!(t.tun.unwrap().owner, Some(4242), "owner kept");
+
+        // Never renamed over an existing link, never a non-tap.
+        create_tap(pool, BR, 4242, 4343).await.unwrap();
+        let e = rename_tap(pool, vm, BR).await.unwrap_err();
+        assert!(matches!(e, NetError::Exists(_)), "{e}");
+        let e = rename_tap(BR, "tap-bg-p0000002", BR).await.unwrap_err();
+        assert!(matches!(e, NetError::WrongKind { .. }), "{e}");
+        let e = rename_tap("tap-bg-p0000009", "tap-bg-p0000008", BR)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, NetError::NoSuchLink(_)), "{e}");
+
+        // And back to the pool.
+        delete_tap(pool).await.unwrap();
+        rename_tap(vm, pool, BR).await.unwrap();
+        assert!(link(pool).await.unwrap().unwrap().up);
+        assert!(!link_exists(vm).await.unwrap());
     });
 }
 

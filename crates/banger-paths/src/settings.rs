@@ -15,6 +15,9 @@
 //! catalog_url = "https://catalog.banger.dev/v1/catalog.json"
 //! # The kernel OCI images boot when `image pull --kernel` is not given.
 //! default_kernel = "debian-6.1"
+//! # Taps kept ready on the bridge so a VM does not wait to create one
+//! # (filled after the first VM needs the network; 0 turns it off).
+//! tap_pool = 4
 //! ```
 //!
 //! Unknown keys are refused, so a typo never silently means "default".
@@ -51,7 +54,11 @@ pub struct Settings {
     pub jailer: bool,
     pub catalog_url: String,
     pub default_kernel: String,
+    pub tap_pool: usize,
 }
+
+/// Most warm taps a pool may hold.
+pub const MAX_TAP_POOL: usize = 64;
 
 /// Where `banger image pull NAME` and `banger kernel pull` look by default.
 pub const DEFAULT_CATALOG_URL: &str = "https://catalog.banger.dev/v1/catalog.json";
@@ -67,6 +74,7 @@ impl Default for Settings {
             jailer: true,
             catalog_url: DEFAULT_CATALOG_URL.to_string(),
             default_kernel: DEFAULT_KERNEL.to_string(),
+            tap_pool: 4,
         }
     }
 }
@@ -81,6 +89,7 @@ struct File {
     jailer: Option<bool>,
     catalog_url: Option<String>,
     default_kernel: Option<String>,
+    tap_pool: Option<usize>,
 }
 
 impl Settings {
@@ -127,6 +136,9 @@ impl Settings {
         if let Some(k) = file.default_kernel {
             s.default_kernel = k;
         }
+        if let Some(n) = file.tap_pool {
+            s.tap_pool = n;
+        }
 
         let env = |k| env(k).filter(|v: &String| !v.is_empty());
         if let Some(v) = env("BANGER_VMM") {
@@ -141,6 +153,19 @@ impl Settings {
         }
         if let Some(k) = env("BANGER_DEFAULT_KERNEL") {
             s.default_kernel = k;
+        }
+        if let Some(v) = env("BANGER_TAP_POOL") {
+            s.tap_pool = v.parse().map_err(|_| SettingsError::Env {
+                var: "BANGER_TAP_POOL",
+                value: v.clone(),
+                message: "expected a number of taps".into(),
+            })?;
+        }
+        if s.tap_pool > MAX_TAP_POOL {
+            return Err(parse_err(format!(
+                "tap_pool must be at most {MAX_TAP_POOL}, got {}",
+                s.tap_pool
+            )));
         }
         if let Some(p) = env("BANGER_FIRECRACKER_BIN") {
             s.firecracker_bin = p.into();
@@ -226,6 +251,15 @@ mod tests {
             e.to_string().contains("file://, http:// or https://"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tap_pool_size_from_file_and_env_with_a_cap() {
+        assert_eq!(load(Some("tap_pool = 0\n"), &[]).unwrap().tap_pool, 0);
+        assert_eq!(load(None, &[("BANGER_TAP_POOL", "8")]).unwrap().tap_pool, 8);
+        assert!(load(None, &[("BANGER_TAP_POOL", "many")]).is_err());
+        let e = load(Some("tap_pool = 65\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("at most 64"), "{e}");
     }
 
     #[test]

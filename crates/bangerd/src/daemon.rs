@@ -93,6 +93,8 @@ pub struct Daemon {
     pub kernels: banger_image::kernels::KernelStore,
     /// Per-kernel-name locks (pull, auto-pull, import, delete).
     pub kernel_locks: banger_image::kernels::NameLocks,
+    /// Warm taps on the bridge (see `tappool`).
+    pub tap_pool: crate::tappool::TapPool,
     /// Open agent connections by VM id (QEMU accepts one client per VM).
     agents: Mutex<HashMap<String, Arc<AgentClient>>>,
     accel: tokio::sync::OnceCell<AccelProbe>,
@@ -115,6 +117,7 @@ impl Daemon {
             image_lock: tokio::sync::Mutex::new(()),
             image_locks: Default::default(),
             kernel_locks: Default::default(),
+            tap_pool: Default::default(),
             agents: Mutex::new(HashMap::new()),
             accel: tokio::sync::OnceCell::new(),
             firecracker: tokio::sync::OnceCell::new(),

@@ -21,6 +21,7 @@ mod ops;
 mod routes;
 mod server;
 mod ssh;
+mod tappool;
 mod vm;
 mod workdisk;
 mod workspace;
@@ -96,11 +97,13 @@ async fn run(layout: banger_paths::Layout) -> anyhow::Result<()> {
     let store = banger_store::Store::open(&cfg.layout.db_path())?;
     let d: daemon::Shared = Arc::new(daemon::Daemon::new(cfg, store));
     vm::reconcile(&d).await;
+    tappool::adopt(&d).await;
     ssh::refresh_config(&d);
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let app = routes::router(d.clone(), shutdown.clone());
     let sock = d.cfg.layout.daemon_socket();
     tracing::info!(socket = %sock.display(), version = %version_line("bangerd"), "bangerd listening");
+    let dd = d.clone();
     let stop = async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("install SIGTERM handler");
@@ -110,6 +113,7 @@ async fn run(layout: banger_paths::Layout) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {},
         }
         tracing::info!("bangerd stopping; running VMs keep running");
+        tappool::drain(&dd).await;
     };
     server::serve(&sock, d.cfg.owner_uid, app, stop).await
 }

@@ -322,10 +322,10 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
         .ensure_bridge(&op_id, &d.cfg.bridge, d.cfg.gateway, d.cfg.prefix)
         .await
         .map_err(|e| ApiError::failed(format!("bridge {}: {e}", d.cfg.bridge)))?;
-    d.helper
-        .create_tap(&op_id, &tap, &d.cfg.bridge)
+    let warm = crate::tappool::acquire(d, &op_id, &rec.id)
         .await
-        .map_err(|e| ApiError::failed(format!("tap {tap}: {e}")))?;
+        .map_err(ApiError::failed)?;
+    tracing::debug!(vm = %rec.name, tap, warm, "tap ready");
     if rec.nat {
         // Idempotent: a restart finds the rule from the last boot in place.
         let ip: std::net::Ipv4Addr = rec
@@ -467,9 +467,7 @@ async fn cleanup_runtime(d: &Shared, rec: &VmRecord) {
         firecracker::cleanup(d, rec, &h).await;
     }
     if let Some(tap) = h.tap {
-        if let Err(e) = d.helper.delete_tap("", &tap).await {
-            tracing::warn!(vm = %rec.name, tap, error = %e, "delete tap");
-        }
+        crate::tappool::release(d, &rec.id, &tap).await;
     }
     let _ = std::fs::remove_dir_all(run_dir(d, rec));
     handles::clear(&dir);

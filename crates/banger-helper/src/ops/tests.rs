@@ -135,6 +135,28 @@ fn unprivileged_helper_validates_then_refuses_network_ops() {
                 bridge: "br-fc".into(),
             },
             HelperRequest::DeleteTap { name: "lo".into() },
+            // A claim names a pool tap and a VM id, never an interface to
+            // rename a host link into or out of.
+            HelperRequest::ClaimTap {
+                pool: "eth0".into(),
+                vm_id: "0123456789ab".into(),
+                bridge: "br-fc".into(),
+            },
+            HelperRequest::ClaimTap {
+                pool: "tap-bg-p1".into(),
+                vm_id: "../x".into(),
+                bridge: "br-fc".into(),
+            },
+            HelperRequest::ClaimTap {
+                pool: "tap-bg-p1".into(),
+                vm_id: "0123456789ab".into(),
+                bridge: "docker0".into(),
+            },
+            HelperRequest::ReleaseTap {
+                vm_id: "0123456789ab".into(),
+                pool: "tap-bg-0123abcd".into(),
+                bridge: "br-fc".into(),
+            },
             HelperRequest::EnsureBridge {
                 name: "br-fc".into(),
                 ip: "8.8.8.8".parse().unwrap(),

@@ -26,6 +26,28 @@ fn bridge_names() {
 }
 
 #[test]
+fn pool_tap_names() {
+    for ok in ["tap-bg-p1", "tap-bg-p0000001", "tap-bg-p9999999"] {
+        assert!(pool_tap_name(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "",
+        "tap-bg-p",
+        "tap-bg-p00000001",
+        "tap-bg-0123abcd",
+        "tap-bg-pa",
+        "tap-bg-p1 ",
+        "tap-bg-p-1",
+        "eth0",
+        "br-fc",
+    ] {
+        assert!(pool_tap_name(bad).is_err(), "{bad:?}");
+    }
+    // A pool name is never a VM's tap name (VM ids are hex).
+    assert!(!banger_net::tap_name_for("0123456789ab").starts_with(POOL_TAP_PREFIX));
+}
+
+#[test]
 fn tap_names() {
     for ok in ["tap-bg-0123abcd", "tap-bg-a", "tap-bg-x-y"] {
         assert!(tap_name(ok).is_ok(), "{ok}");

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::flatten::{FlattenReport, Flattener, Limits};
 use super::source::{Compression, FetchedImage};
-use crate::debian::{self, AGENT_UNIT, SSHD_CONFIG, SSH_KEYGEN_UNIT};
+use crate::debian::{self, AGENT_UNIT, FSTAB, SSHD_CONFIG, SSH_KEYGEN_UNIT};
 use crate::staged::StagedImage;
 use crate::{ext4, ImageError, Manifest};
 
@@ -207,8 +207,6 @@ const MASKED_UNITS: &[&str] = &[
     "fstrim.timer",
     "getty@tty1.service",
 ];
-
-const FSTAB: &str = "# written by banger\n/dev/vda / ext4 defaults 0 0\n/dev/vdb /root ext4 defaults,x-systemd.device-timeout=30s 0 0\n";
 
 /// banger's layer: a tar archive applied on top of the image's own layers.
 fn banger_layer(agent: &[u8], systemd: bool, ssh: bool) -> Result<Vec<u8>, ImageError> {

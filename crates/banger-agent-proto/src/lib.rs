@@ -545,10 +545,9 @@ mod tests {
         assert_eq!(decode::<GuestFrame>(&line).unwrap(), g);
         assert!(g.event.is_final());
         // Process and pid may be left out.
-        let bare: GuestFrame = decode(
-            br#"{"id":1,"type":"ports","ports":[{"proto":"tcp6","addr":"::1","port":80}]}"#,
-        )
-        .unwrap();
+        let bare: GuestFrame =
+            decode(br#"{"id":1,"type":"ports","ports":[{"proto":"tcp6","addr":"::1","port":80}]}"#)
+                .unwrap();
         assert_eq!(
             bare.event,
             Event::Ports {

@@ -9,8 +9,8 @@ use std::task::{Context, Poll};
 
 use banger_agent_proto::client::{wait_ready, AgentClient, ClientError, ExecEvent, TarInReport};
 use banger_agent_proto::{decode, encode, Event, GuestFrame, HostFrame, Request};
-use banger_agent_proto::{ListenPort, PortProto};
 use banger_agent_proto::{HostDecoder, HostInput, MAX_CHUNK_IN_BYTES};
+use banger_agent_proto::{ListenPort, PortProto};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};

@@ -291,7 +291,8 @@ pub struct PortInfo {
     /// The owning process's name (comm), when the agent found it.
     pub process: Option<String>,
     pub pid: Option<u32>,
-    /// `<vm>.vm:<port>`, reachable through the daemon's DNS server.
+    /// `<vm>.vm:<port>`, reachable through the daemon's DNS server; none for
+    /// a listener bound to loopback only.
     pub endpoint: Option<String>,
 }
 

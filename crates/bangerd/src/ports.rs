@@ -2,6 +2,7 @@
 //! the guest agent reads them from /proc (no ssh, nothing installed in the
 //! guest), with the `<name>.vm:<port>` endpoint each is reachable at.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use banger_agent_proto::ListenPort;
@@ -39,15 +40,28 @@ pub async fn list(d: &Shared, name: &str) -> Result<VmPorts, ApiError> {
     })
 }
 
-/// The API view of one listener; `dns`: whether `<vm>.vm` resolves.
+/// The API view of one listener; `dns`: whether `<vm>.vm` resolves. A
+/// listener bound to loopback only gets no endpoint: the host cannot reach it.
 fn port_info(vm: &str, p: ListenPort, dns: bool) -> PortInfo {
+    let reachable = !is_loopback(&p.addr);
     PortInfo {
-        endpoint: dns.then(|| endpoint(vm, p.port)),
+        endpoint: (dns && reachable).then(|| endpoint(vm, p.port)),
         proto: p.proto.to_string(),
         addr: p.addr,
         port: p.port,
         process: p.process,
         pid: p.pid,
+    }
+}
+
+/// 127.0.0.0/8, ::1, or ::ffff:127.x (text that is no address is not).
+fn is_loopback(addr: &str) -> bool {
+    match addr.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => a.is_loopback(),
+        Ok(IpAddr::V6(a)) => {
+            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => false,
     }
 }
 
@@ -81,6 +95,20 @@ mod tests {
                 endpoint: Some("box.vm:8080".into()),
             }
         );
-        assert_eq!(port_info("box", p, false).endpoint, None);
+        assert_eq!(port_info("box", p.clone(), false).endpoint, None);
+        for local in ["127.0.0.1", "127.0.0.53", "::1", "::ffff:127.0.0.1"] {
+            let lp = ListenPort {
+                addr: local.into(),
+                ..p.clone()
+            };
+            assert_eq!(port_info("box", lp, true).endpoint, None, "{local}");
+        }
+        for open in ["0.0.0.0", "::", "172.30.0.2", "::ffff:10.0.0.1"] {
+            let lp = ListenPort {
+                addr: open.into(),
+                ..p.clone()
+            };
+            assert!(port_info("box", lp, true).endpoint.is_some(), "{open}");
+        }
     }
 }

@@ -34,7 +34,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::{decode, decode_data, encode, Event, GuestFrame, HostFrame, Line, LineSplitter};
-use crate::{ProtoError, Request, MAX_CHUNK_IN_BYTES};
+use crate::{ListenPort, ProtoError, Request, MAX_CHUNK_IN_BYTES};
 
 /// Interval between readiness probes in [`wait_ready`].
 const READY_RETRY: Duration = Duration::from_millis(200);
@@ -202,6 +202,16 @@ impl AgentClient {
                 agent_version,
             }),
             other => Err(unexpected("ping", &other)),
+        }
+    }
+
+    /// Lists the guest's listening TCP and UDP sockets, sorted by (proto,
+    /// port, addr). An agent too old to know the request answers with an
+    /// Error ("unsupported request"), returned as [`ClientError::Agent`].
+    pub async fn ports(&self, timeout: Duration) -> Result<Vec<ListenPort>, ClientError> {
+        match self.call("ports", Request::Ports, timeout).await? {
+            Event::Ports { ports } => Ok(ports),
+            other => Err(unexpected("ports", &other)),
         }
     }
 
@@ -544,6 +554,7 @@ fn unexpected(request: &'static str, event: &Event) -> ClientError {
         Event::Exit { .. } => "exit",
         Event::Ok => "ok",
         Event::Extracted { .. } => "extracted",
+        Event::Ports { .. } => "ports",
         Event::Error { .. } => "error",
     };
     ClientError::Unexpected { request, event }

@@ -122,6 +122,9 @@ pub enum Request {
     /// Abandons the upload with this id; answered with an Error ("upload
     /// canceled") unless the upload already sent its final answer.
     Cancel,
+    /// Lists the guest's listening TCP sockets and unconnected UDP sockets;
+    /// answered with [`Event::Ports`].
+    Ports,
 }
 
 /// An event from the guest, answering the request with the same id.
@@ -152,8 +155,52 @@ pub enum Event {
     /// An upload ([`Request::TarIn`]) was unpacked: how many archive entries
     /// were extracted, and how many bytes of regular-file content written.
     Extracted { entries: u64, bytes: u64 },
+    /// Answers [`Request::Ports`]: every listening socket, sorted by
+    /// (proto, port, addr), without duplicates.
+    Ports { ports: Vec<ListenPort> },
     /// The request failed; the message says why.
     Error { message: String },
+}
+
+/// The protocol family of a listening socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProto {
+    Tcp,
+    Tcp6,
+    Udp,
+    Udp6,
+}
+
+impl PortProto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortProto::Tcp => "tcp",
+            PortProto::Tcp6 => "tcp6",
+            PortProto::Udp => "udp",
+            PortProto::Udp6 => "udp6",
+        }
+    }
+}
+
+impl std::fmt::Display for PortProto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One socket listening in the guest ([`Event::Ports`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenPort {
+    pub proto: PortProto,
+    /// The local address, as text (`0.0.0.0`, `::`, `127.0.0.1`, ...).
+    pub addr: String,
+    pub port: u16,
+    /// The owning process's name (`comm`), when the agent found it.
+    #[serde(default)]
+    pub process: Option<String>,
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 impl Event {
@@ -452,6 +499,66 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&encode(&g)).unwrap(),
             "{\"id\":7,\"type\":\"exit\",\"code\":42}\n"
+        );
+    }
+
+    #[test]
+    fn ports_frames_are_flat_tagged_lines() {
+        let req = encode(&HostFrame {
+            id: 5,
+            req: Request::Ports,
+        });
+        assert_eq!(req, b"{\"id\":5,\"type\":\"ports\"}\n");
+        assert_eq!(decode::<HostFrame>(&req).unwrap().req, Request::Ports);
+
+        let g = GuestFrame {
+            id: 5,
+            event: Event::Ports {
+                ports: vec![
+                    ListenPort {
+                        proto: PortProto::Tcp,
+                        addr: "0.0.0.0".into(),
+                        port: 22,
+                        process: Some("sshd".into()),
+                        pid: Some(310),
+                    },
+                    ListenPort {
+                        proto: PortProto::Udp6,
+                        addr: "::".into(),
+                        port: 5353,
+                        process: None,
+                        pid: None,
+                    },
+                ],
+            },
+        };
+        let line = encode(&g);
+        assert_eq!(
+            std::str::from_utf8(&line).unwrap(),
+            concat!(
+                r#"{"id":5,"type":"ports","ports":["#,
+                r#"{"proto":"tcp","addr":"0.0.0.0","port":22,"process":"sshd","pid":310},"#,
+                r#"{"proto":"udp6","addr":"::","port":5353,"process":null,"pid":null}]}"#,
+                "\n"
+            )
+        );
+        assert_eq!(decode::<GuestFrame>(&line).unwrap(), g);
+        assert!(g.event.is_final());
+        // Process and pid may be left out.
+        let bare: GuestFrame =
+            decode(br#"{"id":1,"type":"ports","ports":[{"proto":"tcp6","addr":"::1","port":80}]}"#)
+                .unwrap();
+        assert_eq!(
+            bare.event,
+            Event::Ports {
+                ports: vec![ListenPort {
+                    proto: PortProto::Tcp6,
+                    addr: "::1".into(),
+                    port: 80,
+                    process: None,
+                    pid: None,
+                }]
+            }
         );
     }
 

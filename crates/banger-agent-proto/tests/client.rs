@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use banger_agent_proto::client::{wait_ready, AgentClient, ClientError, ExecEvent, TarInReport};
 use banger_agent_proto::{decode, encode, Event, GuestFrame, HostFrame, Request};
 use banger_agent_proto::{HostDecoder, HostInput, MAX_CHUNK_IN_BYTES};
+use banger_agent_proto::{ListenPort, PortProto};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
@@ -105,6 +106,68 @@ async fn demultiplexes_interleaved_answers_and_drops_noise() {
     assert_eq!(out.stderr, b"e");
     assert_eq!(out.code, 3);
     assert!(!client.is_closed());
+}
+
+#[tokio::test]
+async fn ports_returns_the_listed_sockets() {
+    let (client, mut peer) = pair();
+    let c = client.clone();
+    let ports = tokio::spawn(async move { c.ports(T).await });
+    let f = peer.recv().await;
+    assert_eq!(f.req, Request::Ports);
+    let listed = vec![ListenPort {
+        proto: PortProto::Tcp,
+        addr: "0.0.0.0".into(),
+        port: 22,
+        process: Some("sshd".into()),
+        pid: Some(300),
+    }];
+    peer.send(
+        f.id,
+        Event::Ports {
+            ports: listed.clone(),
+        },
+    )
+    .await;
+    assert_eq!(ports.await.unwrap().unwrap(), listed);
+
+    // A wrong answer and an old agent's refusal are errors naming the request.
+    let c = client.clone();
+    let ports = tokio::spawn(async move { c.ports(T).await });
+    let f = peer.recv().await;
+    peer.send(f.id, Event::Ok).await;
+    let err = ports.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Unexpected {
+                request: "ports",
+                event: "ok"
+            }
+        ),
+        "{err}"
+    );
+    let c = client.clone();
+    let ports = tokio::spawn(async move { c.ports(T).await });
+    let f = peer.recv().await;
+    peer.send(
+        f.id,
+        Event::Error {
+            message: "unsupported request: unknown variant `ports`".into(),
+        },
+    )
+    .await;
+    let err = ports.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Agent {
+                request: "ports",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@ mod exec;
 mod identity;
 mod init;
 mod listen;
+mod ports;
 mod serve;
 mod untar;
 mod upload;

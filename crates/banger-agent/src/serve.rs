@@ -245,6 +245,10 @@ fn handle(id: u64, req: Request, out: &Arc<Out>, power_off: PowerOff) {
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             },
         ),
+        Request::Ports => match crate::ports::list() {
+            Ok(ports) => out.send(id, Event::Ports { ports }),
+            Err(message) => out.error(id, message),
+        },
         Request::Exec { argv, env, cwd } => exec::run(id, &argv, &env, cwd.as_deref(), out),
         Request::Sync => {
             sync();

@@ -41,6 +41,40 @@ async fn ping_answers_with_the_boot_id() {
 }
 
 #[tokio::test]
+async fn ports_lists_this_process_listeners_with_their_owner() {
+    use banger_agent_proto::PortProto;
+    let (_agent, client) = start().await;
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A connected UDP socket serves no one: not listed.
+    let connected = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    connected.connect(udp.local_addr().unwrap()).unwrap();
+    let ports = client.ports(T).await.unwrap();
+    let me = std::process::id();
+    let find = |proto, port| {
+        ports
+            .iter()
+            .find(|p| p.proto == proto && p.port == port && p.addr == "127.0.0.1")
+    };
+    for (proto, port) in [
+        (PortProto::Tcp, tcp.local_addr().unwrap().port()),
+        (PortProto::Udp, udp.local_addr().unwrap().port()),
+    ] {
+        let p = find(proto, port).unwrap_or_else(|| panic!("{proto} {port} in {ports:?}"));
+        assert_eq!(p.pid, Some(me), "{p:?}");
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(p.process.as_deref(), Some(comm.trim_end()), "{p:?}");
+    }
+    assert!(find(PortProto::Udp, connected.local_addr().unwrap().port()).is_none());
+    let mut sorted = ports.clone();
+    sorted.sort_by_key(|p| (p.proto, p.port));
+    assert_eq!(
+        sorted.iter().map(|p| (p.proto, p.port)).collect::<Vec<_>>(),
+        ports.iter().map(|p| (p.proto, p.port)).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
 async fn exec_streams_stdout_stderr_and_the_exit_code() {
     let (_agent, client) = start().await;
     let out = run(&client, &["sh", "-c", "echo out; echo err >&2; exit 42"])

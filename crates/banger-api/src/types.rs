@@ -272,6 +272,30 @@ pub struct KillRequest {
     pub signal: String,
 }
 
+/// `GET /v1/vms/{name}/ports`: the sockets listening in a running guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmPorts {
+    pub vm: String,
+    /// Sorted by (proto, port, addr).
+    pub ports: Vec<PortInfo>,
+}
+
+/// One listening socket in a guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    /// "tcp", "tcp6", "udp" or "udp6".
+    pub proto: String,
+    /// Local address as text: "0.0.0.0", "::", "127.0.0.1", ...
+    pub addr: String,
+    pub port: u16,
+    /// The owning process's name (comm), when the agent found it.
+    pub process: Option<String>,
+    pub pid: Option<u32>,
+    /// `<vm>.vm:<port>`, reachable through the daemon's DNS server; none for
+    /// a listener bound to loopback only.
+    pub endpoint: Option<String>,
+}
+
 /// `POST /v1/vms/prune`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PruneResult {
@@ -493,6 +517,27 @@ mod tests {
         }
         let exit: ExecEvent = serde_json::from_str(r#"{"type":"exit","code":42}"#).unwrap();
         assert_eq!(exit, ExecEvent::Exit { code: 42 });
+    }
+
+    #[test]
+    fn vm_ports_serialise_with_every_field() {
+        let p = VmPorts {
+            vm: "box".into(),
+            ports: vec![PortInfo {
+                proto: "tcp".into(),
+                addr: "0.0.0.0".into(),
+                port: 22,
+                process: Some("sshd".into()),
+                pid: Some(310),
+                endpoint: Some("box.vm:22".into()),
+            }],
+        };
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(
+            json,
+            r#"{"vm":"box","ports":[{"proto":"tcp","addr":"0.0.0.0","port":22,"process":"sshd","pid":310,"endpoint":"box.vm:22"}]}"#
+        );
+        assert_eq!(serde_json::from_str::<VmPorts>(&json).unwrap(), p);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use banger_api::{
     format_size, validate_vm_name, CheckStatus, CreateVmRequest, DoctorReport, KillRequest,
-    OperationInfo, PruneResult, VmInfo, VmSpec,
+    OperationInfo, PruneResult, VmInfo, VmPorts, VmSpec,
 };
 use banger_client::Client;
 use banger_paths::Layout;
@@ -55,6 +55,10 @@ pub enum VmCmd {
         after_help = "Examples:\n  banger vm ssh box\n  banger vm ssh box -- sh -c 'exit 42'   # exits 42"
     )]
     Ssh(crate::wscmd::SshArgs),
+    /// List the TCP and UDP ports listening inside a running VM (asked of
+    /// the guest agent, not over ssh), with the <name>.vm:<port> endpoint.
+    #[command(after_help = "Examples:\n  banger vm ports box\n  banger vm ports box --json")]
+    Ports(NameArg),
     /// Copy a git checkout into a VM and bring the guest's changes back.
     #[command(subcommand)]
     Workspace(crate::wscmd::WorkspaceCmd),
@@ -480,6 +484,17 @@ pub async fn vm(layout: &Layout, cmd: VmCmd) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
+        VmCmd::Ports(a) => {
+            check(&a.name)?;
+            let c = client(layout).await?;
+            let p: VmPorts = c.get(&format!("/vms/{}/ports", a.name)).await?;
+            if a.json {
+                print_json(&p)?;
+            } else {
+                print!("{}", ports_table(&p));
+            }
+            Ok(0)
+        }
         VmCmd::Show(a) => {
             check(&a.name)?;
             let c = client(layout).await?;
@@ -492,6 +507,30 @@ pub async fn vm(layout: &Layout, cmd: VmCmd) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// `banger vm ports`: one row per listener; `-` where nothing is known.
+fn ports_table(p: &VmPorts) -> String {
+    let rows: Vec<Vec<String>> = p
+        .ports
+        .iter()
+        .map(|l| {
+            let process = match (&l.process, l.pid) {
+                (Some(name), Some(pid)) => format!("{name} ({pid})"),
+                (Some(name), None) => name.clone(),
+                (None, Some(pid)) => format!("({pid})"),
+                (None, None) => String::new(),
+            };
+            vec![
+                l.proto.clone(),
+                l.addr.clone(),
+                l.port.to_string(),
+                process,
+                l.endpoint.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table::render(&["PROTO", "ADDRESS", "PORT", "PROCESS", "ENDPOINT"], &rows)
 }
 
 /// start / stop / restart share their shape: POST, print the new state.
@@ -622,6 +661,32 @@ mod tests {
         assert_eq!(r.memory_mib, Some(2048));
         // An empty name is passed through for the daemon to generate one.
         assert!(create_request(&shape(Some(""), None, None)).is_ok());
+    }
+
+    #[test]
+    fn ports_table_shows_owner_and_endpoint() {
+        let port =
+            |proto: &str, addr: &str, port, process: Option<&str>, pid| banger_api::PortInfo {
+                proto: proto.into(),
+                addr: addr.into(),
+                port,
+                process: process.map(str::to_string),
+                pid,
+                endpoint: Some(format!("box.vm:{port}")),
+            };
+        let t = ports_table(&VmPorts {
+            vm: "box".into(),
+            ports: vec![
+                port("tcp", "0.0.0.0", 22, Some("sshd"), Some(310)),
+                port("udp6", "::", 5353, None, None),
+            ],
+        });
+        assert_eq!(
+            t,
+            "PROTO  ADDRESS  PORT  PROCESS     ENDPOINT\n\
+             tcp    0.0.0.0  22    sshd (310)  box.vm:22\n\
+             udp6   ::       5353  -           box.vm:5353\n"
+        );
     }
 
     #[test]

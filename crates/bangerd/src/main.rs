@@ -18,6 +18,7 @@ mod images;
 mod install_hint;
 mod kernels;
 mod ops;
+mod ports;
 mod routes;
 mod server;
 mod ssh;

@@ -11,7 +11,7 @@ use banger_api::{
 
 use crate::daemon::Shared;
 use crate::server::{ndjson_body, Fail, OpId};
-use crate::{doctor, images, kernels, ssh, vm, workspace};
+use crate::{doctor, images, kernels, ports, ssh, vm, workspace};
 
 type Res<T> = Result<Json<T>, Fail>;
 
@@ -29,6 +29,7 @@ pub fn router(d: Shared, shutdown: std::sync::Arc<tokio::sync::Notify>) -> Route
         .route("/vms/{name}/workspace", post(prepare_workspace))
         .route("/vms/{name}/workspace/export", post(export_workspace))
         .route("/vms/{name}/ssh", get(ssh_info))
+        .route("/vms/{name}/ports", get(vm_ports))
         .route("/ssh-config", get(ssh_config))
         .route("/operations", get(list_ops))
         .route("/operations/{id}", get(get_op))
@@ -169,6 +170,10 @@ async fn ssh_info(State(d): State<Shared>, Path(name): Path<String>) -> Res<bang
         ))));
     }
     Ok(Json(ssh::info(&d, &rec)?))
+}
+
+async fn vm_ports(State(d): State<Shared>, Path(name): Path<String>) -> Res<banger_api::VmPorts> {
+    Ok(Json(ports::list(&d, &name).await?))
 }
 
 async fn ssh_config(State(d): State<Shared>) -> Res<banger_api::SshConfigInfo> {

@@ -92,6 +92,13 @@ pub async fn execute(helper: &Arc<Helper>, req: HelperRequest) -> Result<HelperR
             banger_net::create_tap(&name, &bridge, cfg.owner_uid, cfg.owner_gid)
                 .await
                 .map_err(|e| ApiError::failed(format!("create tap {name}: {e}")))?;
+            if validate::pool_tap_name(&name).is_ok() {
+                // Pool taps wait parked (down): a claim then renames and
+                // brings one up in a single netlink request.
+                banger_net::set_down(&name)
+                    .await
+                    .map_err(|e| ApiError::failed(format!("park tap {name}: {e}")))?;
+            }
             Ok(HelperResponse::Done)
         }
         HelperRequest::DeleteTap { name } => {
@@ -114,7 +121,7 @@ pub async fn execute(helper: &Arc<Helper>, req: HelperRequest) -> Result<HelperR
             helper.require_root("claim_tap")?;
             let tap = banger_net::tap_name_for(&vm_id);
             let _g = helper.net_lock.lock().await;
-            banger_net::rename_tap(&pool, &tap, &bridge)
+            banger_net::rename_tap(&pool, &tap, &bridge, true)
                 .await
                 .map_err(|e| ApiError::failed(format!("claim {pool} as {tap}: {e}")))?;
             Ok(HelperResponse::Done)
@@ -130,7 +137,7 @@ pub async fn execute(helper: &Arc<Helper>, req: HelperRequest) -> Result<HelperR
             helper.require_root("release_tap")?;
             let tap = banger_net::tap_name_for(&vm_id);
             let _g = helper.net_lock.lock().await;
-            banger_net::rename_tap(&tap, &pool, &bridge)
+            banger_net::rename_tap(&tap, &pool, &bridge, false)
                 .await
                 .map_err(|e| ApiError::failed(format!("release {tap} as {pool}: {e}")))?;
             Ok(HelperResponse::Done)

@@ -1,7 +1,7 @@
 //! Tap acquisition, cold against warm: what `vm create`'s network stage
 //! costs with an empty tap pool (create a persistent tap, attach it to the
-//! bridge, set it up) and with a warm one (rename a ready tap to the VM's
-//! name, re-attach, set it up). Both go through one root-helper round trip
+//! bridge, set it up) and with a warm one (rename a parked pool tap to the
+//! VM's name and set it up, in one request). Both go through one root-helper round trip
 //! in the daemon, which is not measured here.
 //!
 //! Runs in a network namespace of its own (needs root), so the host's links
@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use banger_net::{create_tap, delete_tap, ensure_bridge, rename_tap};
+use banger_net::{create_tap, delete_tap, ensure_bridge, rename_tap, set_down};
 
 const BRIDGE: &str = "br-fc-bench";
 
@@ -46,8 +46,11 @@ fn main() {
             // The pool tap is made ahead of time (not timed): that is the point.
             let pool = format!("tap-bg-p{:07}", i % 1000 + 1);
             create_tap(&pool, BRIDGE, uid, gid).await.expect("warm");
+            set_down(&pool).await.expect("park");
             let t = Instant::now();
-            rename_tap(&pool, vm_tap, BRIDGE).await.expect("claim");
+            rename_tap(&pool, vm_tap, BRIDGE, true)
+                .await
+                .expect("claim");
             warm.push(t.elapsed());
             delete_tap(vm_tap).await.expect("delete");
         }
@@ -58,7 +61,7 @@ fn main() {
             c.as_secs_f64() * 1e6
         );
         println!(
-            "  warm (rename + attach + up):  {:>8.1} us",
+            "  warm (rename + up, parked):   {:>8.1} us",
             w.as_secs_f64() * 1e6
         );
         println!("  cold / warm: {:.2}x", c.as_secs_f64() / w.as_secs_f64());

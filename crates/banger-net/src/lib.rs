@@ -24,7 +24,7 @@ pub use alloc::{
 };
 pub use link::{
     create_tap, delete_tap, ensure_bridge, ipv4_addresses, link, link_exists, list_links,
-    rename_tap, Link, TunInfo,
+    rename_tap, set_down, Link, TunInfo,
 };
 pub use nat::{ensure_vm_nat, list_vm_nat, remove_vm_nat, NatChange, NatError};
 

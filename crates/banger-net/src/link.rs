@@ -112,6 +112,15 @@ impl Nl {
             .collect())
     }
 
+    async fn set_down(&self, index: u32, name: &str) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).down().build())
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("set {name} down"), e))
+    }
+
     async fn set_up(&self, index: u32, name: &str) -> Result<(), NetError> {
         self.handle
             .link()
@@ -451,11 +460,15 @@ pub async fn list_links(prefix: &str) -> Result<Vec<Link>, NetError> {
     Ok(links)
 }
 
-/// Renames the tap `from` to `to` and leaves it up on `bridge`: how a
-/// pre-made (warm) tap becomes a VM's tap, and goes back to the pool. The
-/// owner set at creation is kept. Refuses a `from` that is not a tap, and a
-/// `to` that exists (nothing is ever renamed over).
-pub async fn rename_tap(from: &str, to: &str, bridge: &str) -> Result<(), NetError> {
+/// Renames the tap `from` to `to` on `bridge`, then leaves it up (`up`) or
+/// down: how a warm tap becomes a VM's tap (up), and goes back to the pool
+/// (down). The owner set at creation is kept. Refuses a `from` that is not
+/// a tap, and a `to` that exists (the kernel never renames over a link).
+///
+/// The kernel renames only a link that is down, and applies a new name
+/// before new flags, so a parked (down) tap is renamed and brought up in a
+/// single netlink request: that is why pool taps are kept down.
+pub async fn rename_tap(from: &str, to: &str, bridge: &str, up: bool) -> Result<(), NetError> {
     check_ifname(from)?;
     check_ifname(to)?;
     check_ifname(bridge)?;
@@ -475,22 +488,39 @@ pub async fn rename_tap(from: &str, to: &str, bridge: &str) -> Result<(), NetErr
             found: tap.kind.unwrap_or_else(|| "unknown".into()),
         });
     }
-    if nl.link(to).await?.is_some() {
-        return Err(NetError::Exists(to.to_string()));
+    if tap.controller != Some(br.index) {
+        nl.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(tap.index)
+                    .controller(br.index)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("attach {from} to bridge"), e))?;
     }
-    // The kernel renames only a link that is down.
-    nl.handle
-        .link()
-        .set(
-            LinkUnspec::new_with_index(tap.index)
-                .down()
-                .name(to.to_string())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(|e| nl_err(format!("rename {from} to {to}"), e))?;
-    attach(&nl, to, br.index).await
+    if tap.up {
+        nl.set_down(tap.index, from).await?;
+    }
+    let msg = LinkUnspec::new_with_index(tap.index).name(to.to_string());
+    let msg = if up { msg.up() } else { msg };
+    match nl.handle.link().set(msg.build()).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == Some(EEXIST) => Err(NetError::Exists(to.to_string())),
+        Err(e) => Err(nl_err(format!("rename {from} to {to}"), e)),
+    }
+}
+
+/// Sets the link `name` down (a parked pool tap).
+pub async fn set_down(name: &str) -> Result<(), NetError> {
+    check_ifname(name)?;
+    let nl = Nl::open()?;
+    let l = nl
+        .link(name)
+        .await?
+        .ok_or_else(|| NetError::NoSuchLink(name.to_string()))?;
+    nl.set_down(l.index, name).await
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use banger_net::{
     create_tap, delete_tap, ensure_bridge, ipv4_addresses, link, link_exists, list_links,
-    rename_tap, NetError,
+    rename_tap, set_down, NetError,
 };
 
 fn is_root() -> bool {
@@ -214,7 +214,7 @@ fn a_warm_tap_is_renamed_into_a_vm_tap_and_back() {
             [pool]
         );
 
-        rename_tap(pool, vm, BR).await.unwrap();
+        rename_tap(pool, vm, BR, true).await.unwrap();
         assert!(!link_exists(pool).await.unwrap());
         let t = link(vm).await.unwrap().expect("renamed");
         assert!(t.up, "up again after the rename");
@@ -223,20 +223,29 @@ fn a_warm_tap_is_renamed_into_a_vm_tap_and_back() {
 
         // Never renamed over an existing link, never a non-tap.
         create_tap(pool, BR, 4242, 4343).await.unwrap();
-        let e = rename_tap(pool, vm, BR).await.unwrap_err();
+        let e = rename_tap(pool, vm, BR, true).await.unwrap_err();
         assert!(matches!(e, NetError::Exists(_)), "{e}");
-        let e = rename_tap(BR, "tap-bg-p0000002", BR).await.unwrap_err();
+        let e = rename_tap(BR, "tap-bg-p0000002", BR, true)
+            .await
+            .unwrap_err();
         assert!(matches!(e, NetError::WrongKind { .. }), "{e}");
-        let e = rename_tap("tap-bg-p0000009", "tap-bg-p0000008", BR)
+        let e = rename_tap("tap-bg-p0000009", "tap-bg-p0000008", BR, true)
             .await
             .unwrap_err();
         assert!(matches!(e, NetError::NoSuchLink(_)), "{e}");
 
-        // And back to the pool.
+        // And back to the pool, parked down; a parked tap is claimed (renamed
+        // and brought up) in one request.
         delete_tap(pool).await.unwrap();
-        rename_tap(vm, pool, BR).await.unwrap();
-        assert!(link(pool).await.unwrap().unwrap().up);
+        rename_tap(vm, pool, BR, false).await.unwrap();
+        assert!(!link(pool).await.unwrap().unwrap().up);
         assert!(!link_exists(vm).await.unwrap());
+        rename_tap(pool, vm, BR, true).await.unwrap();
+        let t = link(vm).await.unwrap().unwrap();
+        assert!(t.up);
+        assert_eq!(t.controller, Some(br.index));
+        set_down(vm).await.unwrap();
+        assert!(!link(vm).await.unwrap().unwrap().up);
     });
 }
 

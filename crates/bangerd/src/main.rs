@@ -11,6 +11,7 @@ use clap::Parser;
 
 mod backend;
 mod daemon;
+mod dns;
 mod doctor;
 mod firecracker;
 mod handles;
@@ -97,6 +98,7 @@ async fn run(layout: banger_paths::Layout) -> anyhow::Result<()> {
     let d: daemon::Shared = Arc::new(daemon::Daemon::new(cfg, store));
     vm::reconcile(&d).await;
     ssh::refresh_config(&d);
+    dns::start(&d).await;
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let app = routes::router(d.clone(), shutdown.clone());
     let sock = d.cfg.layout.daemon_socket();

@@ -489,6 +489,10 @@ pub struct DaemonStatus {
     pub socket: String,
     pub helper_socket: String,
     pub vms_running: usize,
+    /// Where the `.vm` DNS server listens; None when off or it could not
+    /// bind (`banger doctor` says why). Absent from older daemons.
+    #[serde(default)]
+    pub dns: Option<String>,
 }
 
 #[cfg(test)]

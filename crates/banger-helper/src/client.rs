@@ -438,6 +438,28 @@ impl HelperClient {
         )
         .await
     }
+
+    /// Routes `~vm` on `bridge` to `server` (`A.B.C.D[:PORT]`) through
+    /// systemd-resolved. `Ok(None)` when done, `Ok(Some(why))` when the
+    /// host has nothing to configure (no systemd-resolved).
+    pub async fn sync_resolver_routing(
+        &self,
+        op_id: &str,
+        bridge: &str,
+        server: &str,
+    ) -> Result<Option<String>, HelperError> {
+        let req = HelperRequest::SyncResolverRouting {
+            bridge: bridge.to_string(),
+            server: server.to_string(),
+        };
+        match self.call(op_id, &req).await? {
+            HelperResponse::Done => Ok(None),
+            HelperResponse::Skipped { reason } => Ok(Some(reason)),
+            other => Err(self.protocol(format!(
+                "unexpected answer to sync_resolver_routing: {other:?}"
+            ))),
+        }
+    }
 }
 
 fn snippet(b: &[u8]) -> String {

@@ -11,6 +11,7 @@
 //! - [`ops`]: carrying out validated requests.
 //! - [`dmsnap`]: the dm-snapshot ops (copy-on-write root disks).
 //! - [`firecracker`]: the Firecracker ops (jailer chroot, launch, cleanup).
+//! - [`resolver`]: `~vm` routing in systemd-resolved (best effort).
 //! - [`server`]: the socket, peer checks, routing and logging.
 //! - [`client`]: [`HelperClient`], used by the daemon.
 
@@ -20,6 +21,7 @@ pub mod firecracker;
 pub mod ops;
 pub mod pidfd;
 pub mod proto;
+pub mod resolver;
 pub mod server;
 pub mod validate;
 

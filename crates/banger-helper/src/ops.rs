@@ -226,6 +226,13 @@ pub async fn execute(helper: &Arc<Helper>, req: HelperRequest) -> Result<HelperR
             .await?;
             Ok(HelperResponse::Done)
         }
+        HelperRequest::SyncResolverRouting { bridge, server } => {
+            validate::bridge_name(&bridge)?;
+            validate::resolver_addr(&server)?;
+            helper.require_root("sync_resolver_routing")?;
+            let _g = helper.net_lock.lock().await;
+            blocking(move || crate::resolver::sync(&bridge, &server)).await
+        }
     }
 }
 

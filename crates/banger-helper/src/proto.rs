@@ -98,6 +98,11 @@ pub enum HelperRequest {
     /// goes, and forwarding is switched back off if banger switched it on.
     /// Nothing there is fine.
     RemoveNat { vm_id: String },
+    /// Route the `~vm` domain to banger's DNS server through
+    /// systemd-resolved: `resolvectl dns <bridge> <server>` and
+    /// `resolvectl domain <bridge> ~vm`. Answered `Skipped` when
+    /// systemd-resolved is not running. `server` is `A.B.C.D[:PORT]`.
+    SyncResolverRouting { bridge: String, server: String },
 }
 
 impl HelperRequest {
@@ -121,6 +126,7 @@ impl HelperRequest {
             HelperRequest::CleanupFirecracker { .. } => "cleanup_firecracker",
             HelperRequest::EnsureNat { .. } => "ensure_nat",
             HelperRequest::RemoveNat { .. } => "remove_nat",
+            HelperRequest::SyncResolverRouting { .. } => "sync_resolver_routing",
         }
     }
 }
@@ -143,6 +149,8 @@ pub enum HelperResponse {
     /// Answer to `LaunchFirecracker`: the pid, the short socket paths the
     /// daemon connects to, and the paths as Firecracker sees them.
     FirecrackerLaunched(Launched),
+    /// The op had nothing to act on here (why, in words); not an error.
+    Skipped { reason: String },
 }
 
 #[cfg(test)]
@@ -273,5 +281,29 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<HelperRequest>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn resolver_op_on_the_wire() {
+        let r = HelperRequest::SyncResolverRouting {
+            bridge: "br-fc".into(),
+            server: "172.30.0.1:42069".into(),
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            s,
+            r#"{"op":"sync_resolver_routing","bridge":"br-fc","server":"172.30.0.1:42069"}"#
+        );
+        assert_eq!(serde_json::from_str::<HelperRequest>(&s).unwrap(), r);
+        assert_eq!(r.op_name(), "sync_resolver_routing");
+        assert!(serde_json::from_str::<HelperRequest>(
+            r#"{"op":"sync_resolver_routing","bridge":"br-fc","server":"1.2.3.4","domain":"~"}"#
+        )
+        .is_err());
+        let skipped = HelperResponse::Skipped { reason: "x".into() };
+        assert_eq!(
+            serde_json::to_string(&skipped).unwrap(),
+            r#"{"result":"skipped","reason":"x"}"#
+        );
     }
 }

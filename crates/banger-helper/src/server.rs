@@ -255,6 +255,9 @@ fn subject(req: &HelperRequest) -> String {
             format!("vm {vm_id} {ip} via {bridge}")
         }
         HelperRequest::RemoveNat { vm_id } => format!("vm {vm_id}"),
+        HelperRequest::SyncResolverRouting { bridge, server } => {
+            format!("~vm on {bridge} to {server}")
+        }
     }
 }
 

@@ -481,6 +481,41 @@ pub fn nat_guest(ip: Ipv4Addr) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// A DNS server for [`crate::proto::HelperRequest::SyncResolverRouting`]:
+/// `A.B.C.D` or `A.B.C.D:PORT`, IPv4 only, port 1..=65535, nothing else
+/// (it ends up as an argument of `resolvectl`, which also accepts
+/// interface and SNI suffixes this refuses).
+pub fn resolver_addr(s: &str) -> Result<(), Invalid> {
+    let bad = || {
+        invalid(format!(
+            "invalid resolver address {s:?}: expected A.B.C.D or A.B.C.D:PORT"
+        ))
+    };
+    if s.is_empty()
+        || s.len() > 21
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b':')
+    {
+        return bad();
+    }
+    let (ip, port) = match s.split_once(':') {
+        Some((ip, port)) => (ip, Some(port)),
+        None => (s, None),
+    };
+    if ip.parse::<Ipv4Addr>().is_err() {
+        return bad();
+    }
+    if let Some(port) = port {
+        // Digits only (checked above, so no sign), no leading zero.
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 && !port.starts_with('0') => {}
+            _ => return bad(),
+        }
+    }
+    Ok(())
+}
+
 pub mod dm;
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 
 mod settings;
-pub use settings::{Settings, SettingsError};
+pub use settings::{parse_dns_addr, Settings, SettingsError, DEFAULT_DNS_ADDR};
 
 /// Longest path a Unix socket can be bound at (sun_path minus the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;

@@ -18,10 +18,15 @@
 //! # Taps kept ready on the bridge so a VM does not wait to create one
 //! # (filled after the first VM needs the network; 0 turns it off).
 //! tap_pool = 4
+//! # Where bangerd answers DNS for `<name>.vm` (UDP and TCP, IPv4 only), or
+//! # "off". Env: BANGER_DNS_ADDR. The daemon also listens on the bridge's
+//! # address, same port, once the bridge exists.
+//! dns_addr = "127.0.0.1:42069"
 //! ```
 //!
 //! Unknown keys are refused, so a typo never silently means "default".
 
+use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 
 use banger_api::VmmChoice;
@@ -55,6 +60,8 @@ pub struct Settings {
     pub catalog_url: String,
     pub default_kernel: String,
     pub tap_pool: usize,
+    /// The `.vm` DNS server's address; `None` when set to `off`.
+    pub dns_addr: Option<SocketAddrV4>,
 }
 
 /// Most warm taps a pool may hold.
@@ -64,6 +71,18 @@ pub const MAX_TAP_POOL: usize = 64;
 pub const DEFAULT_CATALOG_URL: &str = "https://catalog.banger.dev/v1/catalog.json";
 /// The kernel OCI images boot unless told otherwise.
 pub const DEFAULT_KERNEL: &str = "debian-6.1";
+/// Where the `.vm` DNS server listens unless told otherwise.
+pub const DEFAULT_DNS_ADDR: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 42069);
+
+/// `IPv4:PORT` or `off` (case-insensitive): the `dns_addr` setting.
+pub fn parse_dns_addr(v: &str) -> Result<Option<SocketAddrV4>, String> {
+    if v.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    v.parse::<SocketAddrV4>()
+        .map(Some)
+        .map_err(|_| format!("expected IPv4:PORT (like 127.0.0.1:42069) or off, got {v:?}"))
+}
 
 impl Default for Settings {
     fn default() -> Settings {
@@ -75,6 +94,7 @@ impl Default for Settings {
             catalog_url: DEFAULT_CATALOG_URL.to_string(),
             default_kernel: DEFAULT_KERNEL.to_string(),
             tap_pool: 4,
+            dns_addr: Some(DEFAULT_DNS_ADDR),
         }
     }
 }
@@ -90,12 +110,14 @@ struct File {
     catalog_url: Option<String>,
     default_kernel: Option<String>,
     tap_pool: Option<usize>,
+    dns_addr: Option<String>,
 }
 
 impl Settings {
     /// Reads `path` (a missing file means defaults), then applies
     /// `BANGER_VMM`, `BANGER_FIRECRACKER_BIN`, `BANGER_JAILER_BIN` and
-    /// `BANGER_JAILER` from `env`.
+    /// `BANGER_JAILER`, `BANGER_CATALOG_URL`, `BANGER_DEFAULT_KERNEL` and
+    /// `BANGER_DNS_ADDR` from `env`.
     pub fn load(
         path: &Path,
         env: impl Fn(&str) -> Option<String>,
@@ -139,6 +161,9 @@ impl Settings {
         if let Some(n) = file.tap_pool {
             s.tap_pool = n;
         }
+        if let Some(a) = file.dns_addr {
+            s.dns_addr = parse_dns_addr(&a).map_err(|m| parse_err(format!("dns_addr: {m}")))?;
+        }
 
         let env = |k| env(k).filter(|v: &String| !v.is_empty());
         if let Some(v) = env("BANGER_VMM") {
@@ -166,6 +191,13 @@ impl Settings {
                 "tap_pool must be at most {MAX_TAP_POOL}, got {}",
                 s.tap_pool
             )));
+        }
+        if let Some(v) = env("BANGER_DNS_ADDR") {
+            s.dns_addr = parse_dns_addr(&v).map_err(|message| SettingsError::Env {
+                var: "BANGER_DNS_ADDR",
+                value: v.clone(),
+                message,
+            })?;
         }
         if let Some(p) = env("BANGER_FIRECRACKER_BIN") {
             s.firecracker_bin = p.into();
@@ -260,6 +292,42 @@ mod tests {
         assert!(load(None, &[("BANGER_TAP_POOL", "many")]).is_err());
         let e = load(Some("tap_pool = 65\n"), &[]).unwrap_err();
         assert!(e.to_string().contains("at most 64"), "{e}");
+    }
+
+    #[test]
+    fn dns_addr_from_file_and_env() {
+        assert_eq!(
+            load(None, &[]).unwrap().dns_addr,
+            Some("127.0.0.1:42069".parse().unwrap())
+        );
+        let s = load(Some("dns_addr = \"127.0.0.53:5353\"\n"), &[]).unwrap();
+        assert_eq!(s.dns_addr, Some("127.0.0.53:5353".parse().unwrap()));
+        let s = load(Some("dns_addr = \"off\"\n"), &[]).unwrap();
+        assert_eq!(s.dns_addr, None);
+        let s = load(
+            Some("dns_addr = \"off\"\n"),
+            &[("BANGER_DNS_ADDR", "127.0.0.1:1053")],
+        )
+        .unwrap();
+        assert_eq!(s.dns_addr, Some("127.0.0.1:1053".parse().unwrap()));
+        let s = load(None, &[("BANGER_DNS_ADDR", "OFF")]).unwrap();
+        assert_eq!(s.dns_addr, None);
+        for bad in [
+            "[::1]:53",
+            "localhost:53",
+            "127.0.0.1",
+            "127.0.0.1:70000",
+            "",
+        ] {
+            let e = load(Some(&format!("dns_addr = {bad:?}\n")), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("dns_addr") && e.contains("IPv4:PORT"), "{e}");
+        }
+        let e = load(None, &[("BANGER_DNS_ADDR", "::1")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("BANGER_DNS_ADDR") && e.contains("::1"), "{e}");
     }
 
     #[test]

@@ -234,6 +234,7 @@ pub async fn status(layout: &Layout, json: bool) -> anyhow::Result<bool> {
                 println!("helper socket {}", st.helper_socket);
                 println!("state dir     {}", st.state_dir);
                 println!("running vms   {}", st.vms_running);
+                println!("dns (.vm)     {}", st.dns.as_deref().unwrap_or("off"));
             }
             Ok(true)
         }

@@ -99,6 +99,8 @@ pub struct Daemon {
     agents: Mutex<HashMap<String, Arc<AgentClient>>>,
     accel: tokio::sync::OnceCell<AccelProbe>,
     firecracker: tokio::sync::OnceCell<crate::backend::FcStatus>,
+    /// The `.vm` DNS server's listeners (see [`crate::dns`]).
+    pub dns: crate::dns::Dns,
 }
 
 pub type Shared = Arc<Daemon>;
@@ -121,6 +123,7 @@ impl Daemon {
             agents: Mutex::new(HashMap::new()),
             accel: tokio::sync::OnceCell::new(),
             firecracker: tokio::sync::OnceCell::new(),
+            dns: Default::default(),
         }
     }
 

@@ -120,6 +120,7 @@ pub async fn report(d: &Shared) -> DoctorReport {
             ),
         ),
     });
+    checks.push(crate::dns::doctor_check(d));
     DoctorReport { checks }
 }
 

@@ -11,6 +11,7 @@ use clap::Parser;
 
 mod backend;
 mod daemon;
+mod dns;
 mod doctor;
 mod firecracker;
 mod handles;
@@ -100,6 +101,7 @@ async fn run(layout: banger_paths::Layout) -> anyhow::Result<()> {
     vm::reconcile(&d).await;
     tappool::adopt(&d).await;
     ssh::refresh_config(&d);
+    dns::start(&d).await;
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let app = routes::router(d.clone(), shutdown.clone());
     let sock = d.cfg.layout.daemon_socket();

@@ -28,9 +28,9 @@ pub async fn list(d: &Shared, name: &str) -> Result<VmPorts, ApiError> {
         .ports(ANSWER_TIMEOUT)
         .await
         .map_err(|e| ApiError::failed(format!("listing the ports of vm {name:?}: {e}")))?;
-    // DNS: show the endpoint only while the daemon's DNS server (dns_addr)
-    // is enabled; until that is wired, it is always shown.
-    let dns = true;
+    // `<name>.vm` only resolves while the daemon's DNS server is listening.
+    let dns = matches!(d.dns.primary(), crate::dns::Listener::Listening(_))
+        || matches!(d.dns.bridge(), crate::dns::Listener::Listening(_));
     Ok(VmPorts {
         vm: rec.name.clone(),
         ports: ports

@@ -79,6 +79,10 @@ async fn status(State(d): State<Shared>) -> Res<DaemonStatus> {
             .iter()
             .filter(|v| v.state == VmState::Running.as_str())
             .count(),
+        dns: match d.dns.primary() {
+            crate::dns::Listener::Listening(a) => Some(a.to_string()),
+            _ => None,
+        },
     }))
 }
 

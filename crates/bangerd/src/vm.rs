@@ -322,6 +322,7 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
         .ensure_bridge(&op_id, &d.cfg.bridge, d.cfg.gateway, d.cfg.prefix)
         .await
         .map_err(|e| ApiError::failed(format!("bridge {}: {e}", d.cfg.bridge)))?;
+    crate::dns::bridge_ready(d, &op_id);
     let warm = crate::tappool::acquire(d, &op_id, &rec.id)
         .await
         .map_err(ApiError::failed)?;

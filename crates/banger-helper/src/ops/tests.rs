@@ -371,3 +371,30 @@ fn nat_ops_validate_then_need_root() {
         }
     });
 }
+
+#[test]
+fn resolver_routing_validates_then_needs_root() {
+    let env = Env::new(false);
+    let h = Helper::new(env.cfg.clone());
+    let req = |bridge: &str, server: &str| HelperRequest::SyncResolverRouting {
+        bridge: bridge.into(),
+        server: server.into(),
+    };
+    rt().block_on(async {
+        let e = execute(&h, req("br-fc", "172.30.0.1:42069"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::OperationFailed);
+        assert!(e.message.contains("needs root"), "{e}");
+        for (bad, needle) in [
+            (req("eth0", "172.30.0.1:42069"), "bridge"),
+            (req("br-fc", "172.30.0.1:0"), "resolver address"),
+            (req("br-fc", "1.2.3.4;rm"), "resolver address"),
+            (req("br-fc", "[::1]:53"), "resolver address"),
+        ] {
+            let e = execute(&h, bad).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{e}");
+            assert!(e.message.contains(needle), "{e}");
+        }
+    });
+}

@@ -192,3 +192,32 @@ fn workspace_survives_reopen_and_lifecycle_updates() {
         None
     );
 }
+
+/// Addresses are allocated from the rows, so a restarted daemon sees every
+/// address a VM holds, stopped VMs included, and the schema refuses a
+/// second row with the same address whatever the allocator does.
+#[test]
+fn used_addresses_survive_a_restart_and_are_never_handed_out_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let s = Store::open(&path).unwrap();
+        s.insert_vm(&vm("a1", "stopped-one", "172.30.0.2")).unwrap();
+        let mut running = vm("a2", "running-one", "172.30.0.3");
+        running.state = "running".into();
+        s.insert_vm(&running).unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    let mut used = s.used_ips().unwrap();
+    used.sort();
+    assert_eq!(used, ["172.30.0.2", "172.30.0.3"]);
+    let e = s
+        .insert_vm(&vm("a3", "late", "172.30.0.2"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ip"), "{e}");
+    // Deleting a VM frees its address.
+    assert!(s.delete_vm("a1").unwrap());
+    assert_eq!(s.used_ips().unwrap(), ["172.30.0.3"]);
+    s.insert_vm(&vm("a3", "late", "172.30.0.2")).unwrap();
+}

@@ -112,22 +112,24 @@ impl Nl {
             .collect())
     }
 
-    async fn set_down(&self, index: u32, name: &str) -> Result<(), NetError> {
+    /// Sets the link administratively up or down.
+    async fn set_admin(&self, index: u32, name: &str, up: bool) -> Result<(), NetError> {
+        let msg = LinkUnspec::new_with_index(index);
+        let msg = if up { msg.up() } else { msg.down() };
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).down().build())
+            .set(msg.build())
             .execute()
             .await
-            .map_err(|e| nl_err(format!("set {name} down"), e))
+            .map_err(|e| nl_err(format!("set {name} {}", if up { "up" } else { "down" }), e))
+    }
+
+    async fn set_down(&self, index: u32, name: &str) -> Result<(), NetError> {
+        self.set_admin(index, name, false).await
     }
 
     async fn set_up(&self, index: u32, name: &str) -> Result<(), NetError> {
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(|e| nl_err(format!("set {name} up"), e))
+        self.set_admin(index, name, true).await
     }
 }
 

@@ -198,14 +198,8 @@ fn needs_rebuild(d: &Shared, name: &str, img: &Image) -> bool {
 }
 
 async fn build_locked(d: &Shared, name: &str, op: Option<&OpHandle>) -> Result<Image, ApiError> {
-    let agent = d.cfg.agent_bin.clone();
-    if !agent.exists() {
-        return Err(ApiError::failed(format!(
-            "guest agent binary {} not found; build it with scripts/build or set BANGER_AGENT_BIN",
-            agent.display()
-        )));
-    }
-    let mut build = DebianBuild::new(agent);
+    check_agent(d)?;
+    let mut build = DebianBuild::new(d.cfg.agent_bin.clone());
     build.mirror = d.cfg.mirror.clone();
     let images_dir = d.cfg.layout.images_dir();
     let name_owned = name.to_string();
@@ -230,6 +224,13 @@ async fn build_locked(d: &Shared, name: &str, op: Option<&OpHandle>) -> Result<I
         "image built"
     );
     get(d, name)
+}
+
+/// Writes the store row for an image just published in `dir`, from its
+/// manifest there.
+fn record_published(d: &Shared, name: &str, dir: &Path) -> Result<(), ApiError> {
+    let manifest = Manifest::load(dir).map_err(|e| ApiError::failed(e.to_string()))?;
+    record(d, name, dir, &manifest)
 }
 
 /// Writes the store row for the image in `dir`.
@@ -506,8 +507,7 @@ async fn build_and_publish(
     .await
     .map_err(internal)?
     .map_err(|e| ApiError::failed(format!("build image {name:?}: {e}")))?;
-    let manifest = Manifest::load(&dest).map_err(|e| ApiError::failed(e.to_string()))?;
-    record(d, name, &dest, &manifest)?;
+    record_published(d, name, &dest)?;
     tracing::info!(
         image = name,
         secs = started.elapsed().as_secs(),
@@ -579,8 +579,7 @@ async fn pull_from_catalog(
     let dest = staged
         .publish(&d.cfg.layout.images_dir(), name)
         .map_err(|e| ApiError::failed(e.to_string()))?;
-    let manifest = Manifest::load(&dest).map_err(|e| ApiError::failed(e.to_string()))?;
-    record(d, name, &dest, &manifest)
+    record_published(d, name, &dest)
 }
 
 /// Starts `banger image import`: an OCI layout dir or a docker archive.
@@ -823,8 +822,7 @@ pub async fn register(d: &Shared, req: RegisterImageRequest) -> Result<ImageInfo
     })
     .await
     .map_err(internal)??;
-    let manifest = Manifest::load(&dest).map_err(|e| ApiError::failed(e.to_string()))?;
-    record(d, &name, &dest, &manifest)?;
+    record_published(d, &name, &dest)?;
     show(d, &name)
 }
 
@@ -906,8 +904,7 @@ pub async fn promote(d: &Shared, name: &str) -> Result<ImageInfo, ApiError> {
     })
     .await
     .map_err(internal)??;
-    let manifest = Manifest::load(&dest).map_err(|e| ApiError::failed(e.to_string()))?;
-    record(d, name, &dest, &manifest)?;
+    record_published(d, name, &dest)?;
     show(d, name)
 }
 

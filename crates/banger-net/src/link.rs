@@ -112,6 +112,35 @@ impl Nl {
             .collect())
     }
 
+    /// The link `name`, which must exist.
+    async fn existing(&self, name: &str) -> Result<Link, NetError> {
+        self.link(name)
+            .await?
+            .ok_or_else(|| NetError::NoSuchLink(name.to_string()))
+    }
+
+    /// The bridge `name`, which must exist and be a bridge.
+    async fn bridge(&self, name: &str) -> Result<Link, NetError> {
+        must_be_bridge(self.existing(name).await?)
+    }
+
+    /// Enslaves `link` to the bridge with index `bridge_index` unless it is.
+    async fn set_controller(&self, link: &Link, bridge_index: u32) -> Result<(), NetError> {
+        if link.controller == Some(bridge_index) {
+            return Ok(());
+        }
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(link.index)
+                    .controller(bridge_index)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("attach {} to bridge", link.name), e))
+    }
+
     /// Sets the link administratively up or down.
     async fn set_admin(&self, index: u32, name: &str, up: bool) -> Result<(), NetError> {
         let msg = LinkUnspec::new_with_index(index);
@@ -257,10 +286,7 @@ pub async fn link_exists(name: &str) -> Result<bool, NetError> {
 pub async fn ipv4_addresses(name: &str) -> Result<Vec<(Ipv4Addr, u8)>, NetError> {
     check_ifname(name)?;
     let nl = Nl::open()?;
-    let link = nl
-        .link(name)
-        .await?
-        .ok_or_else(|| NetError::NoSuchLink(name.to_string()))?;
+    let link = nl.existing(name).await?;
     nl.ipv4_addresses(link.index).await
 }
 
@@ -289,18 +315,10 @@ pub async fn ensure_bridge(name: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), N
                 Err(e) if errno(&e) == Some(EEXIST) => {}
                 Err(e) => return Err(nl_err(format!("create bridge {name}"), e)),
             }
-            nl.link(name)
-                .await?
-                .ok_or_else(|| NetError::NoSuchLink(name.to_string()))?
+            nl.existing(name).await?
         }
     };
-    if link.kind.as_deref() != Some("bridge") {
-        return Err(NetError::WrongKind {
-            name: name.to_string(),
-            expected: "bridge",
-            found: link.kind.unwrap_or_else(|| "unknown".into()),
-        });
-    }
+    let link = must_be_bridge(link)?;
     let addrs = nl.ipv4_addresses(link.index).await?;
     match addrs.iter().find(|(a, _)| *a == ip) {
         Some((_, p)) if *p == prefix => {}
@@ -342,30 +360,11 @@ pub async fn create_tap(
     check_ifname(name)?;
     check_ifname(bridge)?;
     let nl = Nl::open()?;
-    let br = nl
-        .link(bridge)
-        .await?
-        .ok_or_else(|| NetError::NoSuchLink(bridge.to_string()))?;
-    if br.kind.as_deref() != Some("bridge") {
-        return Err(NetError::WrongKind {
-            name: bridge.to_string(),
-            expected: "bridge",
-            found: br.kind.unwrap_or_else(|| "unknown".into()),
-        });
-    }
+    let br = nl.bridge(bridge).await?;
     let existing = nl.link(name).await?;
     let created = match &existing {
         Some(l) => {
-            let tun = match (&l.kind, l.tun) {
-                (Some(k), Some(t)) if k == "tun" && t.tap => t,
-                _ => {
-                    return Err(NetError::WrongKind {
-                        name: name.to_string(),
-                        expected: "tap",
-                        found: l.kind.clone().unwrap_or_else(|| "unknown".into()),
-                    })
-                }
-            };
+            let tun = tap_info(l)?;
             if tun.owner != Some(owner_uid) || tun.group != Some(owner_gid) || !tun.persist {
                 // Re-attaching by name re-owns the existing device. It fails
                 // with EBUSY while a VMM holds it, which is the right answer.
@@ -396,23 +395,33 @@ async fn tun_ioctls(name: &str, uid: u32, gid: u32) -> Result<(), NetError> {
     crate::tun::create_persistent_tap(name, uid, gid)
 }
 
-async fn attach(nl: &Nl, name: &str, bridge_index: u32) -> Result<(), NetError> {
-    let tap = nl
-        .link(name)
-        .await?
-        .ok_or_else(|| NetError::NoSuchLink(name.to_string()))?;
-    if tap.controller != Some(bridge_index) {
-        nl.handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(tap.index)
-                    .controller(bridge_index)
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| nl_err(format!("attach {name} to bridge"), e))?;
+/// `l`, refused unless it is a bridge.
+fn must_be_bridge(l: Link) -> Result<Link, NetError> {
+    if l.kind.as_deref() == Some("bridge") {
+        return Ok(l);
     }
+    Err(NetError::WrongKind {
+        name: l.name,
+        expected: "bridge",
+        found: l.kind.unwrap_or_else(|| "unknown".into()),
+    })
+}
+
+/// The tun driver's info of `l`, which must be a tap.
+fn tap_info(l: &Link) -> Result<TunInfo, NetError> {
+    match (&l.kind, l.tun) {
+        (Some(k), Some(t)) if k == "tun" && t.tap => Ok(t),
+        _ => Err(NetError::WrongKind {
+            name: l.name.clone(),
+            expected: "tap",
+            found: l.kind.clone().unwrap_or_else(|| "unknown".into()),
+        }),
+    }
+}
+
+async fn attach(nl: &Nl, name: &str, bridge_index: u32) -> Result<(), NetError> {
+    let tap = nl.existing(name).await?;
+    nl.set_controller(&tap, bridge_index).await?;
     if !tap.up {
         nl.set_up(tap.index, name).await?;
     }
@@ -475,33 +484,10 @@ pub async fn rename_tap(from: &str, to: &str, bridge: &str, up: bool) -> Result<
     check_ifname(to)?;
     check_ifname(bridge)?;
     let nl = Nl::open()?;
-    let br = nl
-        .link(bridge)
-        .await?
-        .ok_or_else(|| NetError::NoSuchLink(bridge.to_string()))?;
-    let tap = nl
-        .link(from)
-        .await?
-        .ok_or_else(|| NetError::NoSuchLink(from.to_string()))?;
-    if !matches!((&tap.kind, tap.tun), (Some(k), Some(t)) if k == "tun" && t.tap) {
-        return Err(NetError::WrongKind {
-            name: from.to_string(),
-            expected: "tap",
-            found: tap.kind.unwrap_or_else(|| "unknown".into()),
-        });
-    }
-    if tap.controller != Some(br.index) {
-        nl.handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(tap.index)
-                    .controller(br.index)
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| nl_err(format!("attach {from} to bridge"), e))?;
-    }
+    let br = nl.bridge(bridge).await?;
+    let tap = nl.existing(from).await?;
+    tap_info(&tap)?;
+    nl.set_controller(&tap, br.index).await?;
     if tap.up {
         nl.set_down(tap.index, from).await?;
     }
@@ -518,10 +504,7 @@ pub async fn rename_tap(from: &str, to: &str, bridge: &str, up: bool) -> Result<
 pub async fn set_down(name: &str) -> Result<(), NetError> {
     check_ifname(name)?;
     let nl = Nl::open()?;
-    let l = nl
-        .link(name)
-        .await?
-        .ok_or_else(|| NetError::NoSuchLink(name.to_string()))?;
+    let l = nl.existing(name).await?;
     nl.set_down(l.index, name).await
 }
 

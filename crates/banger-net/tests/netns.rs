@@ -225,6 +225,12 @@ fn a_warm_tap_is_renamed_into_a_vm_tap_and_back() {
         create_tap(pool, BR, 4242, 4343).await.unwrap();
         let e = rename_tap(pool, vm, BR, true).await.unwrap_err();
         assert!(matches!(e, NetError::Exists(_)), "{e}");
+        // The bridge must be a bridge, as for create_tap.
+        let e = rename_tap(pool, "tap-bg-p0000003", "lo", true)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, NetError::WrongKind { .. }), "{e}");
+        assert!(link_exists(pool).await.unwrap(), "nothing renamed");
         let e = rename_tap(BR, "tap-bg-p0000002", BR, true)
             .await
             .unwrap_err();

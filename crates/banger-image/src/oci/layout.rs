@@ -256,13 +256,7 @@ fn import_from(
     let mut layers = Vec::with_capacity(planned.len());
     for p in planned {
         let path = copy_blob(source, &store, &p.digest, p.size)?;
-        layers.push(Layer {
-            path,
-            media_type: p.media_type,
-            compression: p.compression,
-            digest: p.digest,
-            size: p.size,
-        });
+        layers.push(p.at(path));
     }
     Ok(FetchedImage {
         reference: reference.to_string(),

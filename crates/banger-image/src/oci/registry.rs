@@ -14,7 +14,7 @@ use oci_client::{Client, Reference, RegistryOperation};
 
 use super::source::{
     parse_config, parse_document, pick_platform, plan_layers, sha256_digest, BlobStore, Document,
-    FetchedImage, Layer, OciError, Progress, INDEX_TYPES, MANIFEST_TYPES, MAX_MANIFEST_BYTES,
+    FetchedImage, OciError, Progress, INDEX_TYPES, MANIFEST_TYPES, MAX_MANIFEST_BYTES,
 };
 
 /// Pulls `reference` (`registry/name:tag` or `...@sha256:...`; docker hub
@@ -116,13 +116,7 @@ pub async fn pull(
     let mut layers = Vec::with_capacity(planned.len());
     for p in planned {
         let path = fetch_blob(&client, &image, &store, &p.digest, p.size, &mut progress).await?;
-        layers.push(Layer {
-            path,
-            media_type: p.media_type,
-            compression: p.compression,
-            digest: p.digest,
-            size: p.size,
-        });
+        layers.push(p.at(path));
     }
     Ok(FetchedImage {
         reference: whole,

@@ -455,6 +455,19 @@ pub(crate) struct PlannedLayer {
     pub size: u64,
 }
 
+impl PlannedLayer {
+    /// The layer, once its blob is verified at `path`.
+    pub(crate) fn at(self, path: PathBuf) -> Layer {
+        Layer {
+            path,
+            media_type: self.media_type,
+            compression: self.compression,
+            digest: self.digest,
+            size: self.size,
+        }
+    }
+}
+
 /// Checks a manifest's layers (at least one, known media types, no foreign
 /// URLs, sha256 digests) and its config descriptor size.
 pub(crate) fn plan_layers(

@@ -5,6 +5,7 @@
 //! auto-pull of one kernel, so parallel creates that need the same missing
 //! kernel pull it once, and a delete never lands mid-pull.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use banger_api::{ApiError, CatalogKernel, ImportKernelRequest, KernelInfo, OperationInfo};
@@ -26,9 +27,10 @@ fn kernel_err(e: KernelError) -> ApiError {
     }
 }
 
-/// VMs that boot kernel `name`, through images that name it.
-fn users(d: &Shared, name: &str) -> Result<Vec<String>, ApiError> {
-    let mut vms = Vec::new();
+/// VMs booting each store kernel, through the images that name it: one
+/// pass over the images (each manifest read once), sorted and deduplicated.
+fn users_by_kernel(d: &Shared) -> Result<HashMap<String, Vec<String>>, ApiError> {
+    let mut by: HashMap<String, Vec<String>> = HashMap::new();
     for img in d
         .store
         .list_images()
@@ -37,20 +39,27 @@ fn users(d: &Shared, name: &str) -> Result<Vec<String>, ApiError> {
         let Ok(m) = banger_image::Manifest::load(std::path::Path::new(&img.dir)) else {
             continue;
         };
-        if m.kernel_name.as_deref() == Some(name) {
-            vms.extend(
+        if let Some(k) = m.kernel_name {
+            by.entry(k).or_default().extend(
                 d.store
                     .vms_using_image(&img.name)
                     .map_err(|e| ApiError::internal(e.to_string()))?,
             );
         }
     }
-    vms.sort();
-    vms.dedup();
-    Ok(vms)
+    for vms in by.values_mut() {
+        vms.sort();
+        vms.dedup();
+    }
+    Ok(by)
 }
 
-fn info(d: &Shared, m: &KernelManifest) -> KernelInfo {
+/// VMs that boot kernel `name`.
+fn users(d: &Shared, name: &str) -> Result<Vec<String>, ApiError> {
+    Ok(users_by_kernel(d)?.remove(name).unwrap_or_default())
+}
+
+fn info(d: &Shared, m: &KernelManifest, in_use_by: Vec<String>) -> KernelInfo {
     let paths = d.kernels.path_of(m);
     KernelInfo {
         name: m.name.clone(),
@@ -62,7 +71,7 @@ fn info(d: &Shared, m: &KernelManifest) -> KernelInfo {
         dir: paths.dir.display().to_string(),
         vmlinuz: paths.vmlinuz.display().to_string(),
         initrd: paths.initrd.map(|p| p.display().to_string()),
-        in_use_by: users(d, &m.name).unwrap_or_default(),
+        in_use_by,
     }
 }
 
@@ -71,7 +80,12 @@ pub fn list(d: &Shared) -> Result<Vec<KernelInfo>, ApiError> {
     for s in &listing.skipped {
         tracing::warn!(path = %s.path.display(), problem = %s.problem, "not a kernel; skipped");
     }
-    Ok(listing.kernels.iter().map(|m| info(d, m)).collect())
+    let mut users = users_by_kernel(d).unwrap_or_default();
+    Ok(listing
+        .kernels
+        .iter()
+        .map(|m| info(d, m, users.remove(&m.name).unwrap_or_default()))
+        .collect())
 }
 
 pub fn show(d: &Shared, name: &str) -> Result<KernelInfo, ApiError> {
@@ -81,7 +95,7 @@ pub fn show(d: &Shared, name: &str) -> Result<KernelInfo, ApiError> {
             "kernel {name:?} is not installed (see `banger kernel list`, `banger kernel catalog`)"
         ))
     })?;
-    Ok(info(d, &m))
+    Ok(info(d, &m, users(d, name).unwrap_or_default()))
 }
 
 pub async fn catalog(d: &Shared) -> Result<Vec<CatalogKernel>, ApiError> {
@@ -225,7 +239,7 @@ pub async fn import(d: &Shared, req: ImportKernelRequest) -> Result<KernelInfo, 
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(kernel_err)?;
-    Ok(info(d, &m))
+    Ok(info(d, &m, users(d, &req.name).unwrap_or_default()))
 }
 
 /// `banger kernel delete NAME`: refused while a VM boots it.

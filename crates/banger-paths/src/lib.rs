@@ -11,12 +11,18 @@
 //!
 //! The config file holds the few settings a user chooses ([`Settings`]).
 //!
+//! A system install (`banger system install`) writes [`system::INSTALL_FILE`];
+//! while it exists and no `BANGER_STATE_DIR`/`BANGER_RUNTIME_DIR` override is
+//! set, every process uses the fixed [`system`] paths instead, so the CLI of
+//! any user finds the one system daemon.
+//!
 //! Runtime paths hold Unix sockets, so they must stay short: `sun_path` is
 //! 108 bytes. [`Layout::check_socket_path`] says so before a bind fails.
 
 use std::path::{Path, PathBuf};
 
 mod settings;
+pub mod system;
 pub use settings::{parse_dns_addr, Settings, SettingsError, DEFAULT_DNS_ADDR};
 
 /// Longest path a Unix socket can be bound at (sun_path minus the NUL).
@@ -32,6 +38,11 @@ pub struct Layout {
     pub cache_dir: PathBuf,
     /// The user's settings file (may not exist: defaults apply).
     pub config_file: PathBuf,
+    /// Where the root helper listens (`<runtime>/helper.sock` unless
+    /// `BANGER_HELPER_SOCKET` says otherwise; its own dir in a system install).
+    pub helper_sock: PathBuf,
+    /// True when these are the system install's paths.
+    pub system: bool,
 }
 
 impl Layout {
@@ -46,6 +57,12 @@ impl Layout {
 
     /// Resolves the roots with an injected environment (for tests).
     pub fn from_lookup(get: impl Fn(&str) -> Option<PathBuf>) -> Layout {
+        let install_file =
+            get("BANGER_INSTALL_FILE").unwrap_or_else(|| PathBuf::from(system::INSTALL_FILE));
+        let overridden = get("BANGER_STATE_DIR").is_some() || get("BANGER_RUNTIME_DIR").is_some();
+        if !overridden && install_file.is_file() {
+            return Self::system_with(get);
+        }
         // SAFETY: geteuid has no preconditions and cannot fail.
         let uid = unsafe { libc::geteuid() };
         let home = get("HOME").unwrap_or_else(|| PathBuf::from("/root"));
@@ -62,10 +79,29 @@ impl Layout {
             .or_else(|| get("XDG_CONFIG_HOME").map(|p| p.join("banger/config.toml")))
             .unwrap_or_else(|| home.join(".config/banger/config.toml"));
         Layout {
+            helper_sock: get("BANGER_HELPER_SOCKET")
+                .unwrap_or_else(|| runtime_dir.join("helper.sock")),
             state_dir,
             runtime_dir,
             cache_dir,
             config_file,
+            system: false,
+        }
+    }
+
+    /// The fixed paths of a system install (see [`system`]).
+    pub fn system() -> Layout {
+        Self::system_with(|_| None)
+    }
+
+    fn system_with(get: impl Fn(&str) -> Option<PathBuf>) -> Layout {
+        Layout {
+            state_dir: PathBuf::from(system::STATE_DIR),
+            runtime_dir: PathBuf::from(system::RUNTIME_DIR),
+            cache_dir: PathBuf::from(system::CACHE_DIR),
+            config_file: get("BANGER_CONFIG").unwrap_or_else(|| PathBuf::from(system::CONFIG_FILE)),
+            helper_sock: PathBuf::from(system::HELPER_SOCKET),
+            system: true,
         }
     }
 
@@ -74,7 +110,7 @@ impl Layout {
     }
 
     pub fn helper_socket(&self) -> PathBuf {
-        self.runtime_dir.join("helper.sock")
+        self.helper_sock.clone()
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -192,6 +228,35 @@ mod tests {
         assert_eq!(
             l.vm_dir("abc"),
             PathBuf::from("/home/u/.local/state/banger/vms/abc")
+        );
+    }
+
+    #[test]
+    fn an_install_file_switches_to_system_paths_unless_overridden() {
+        let dir = tempfile::tempdir().unwrap();
+        let install = dir.path().join("install.toml");
+        std::fs::write(&install, "").unwrap();
+        let inst = install.to_str().unwrap();
+        let l = layout(&[("HOME", "/home/u"), ("BANGER_INSTALL_FILE", inst)]);
+        assert!(l.system);
+        assert_eq!(l, Layout::system());
+        assert_eq!(l.daemon_socket(), PathBuf::from("/run/banger/bangerd.sock"));
+        assert_eq!(
+            l.helper_socket(),
+            PathBuf::from("/run/banger-helper/helper.sock")
+        );
+        let dev = layout(&[
+            ("HOME", "/home/u"),
+            ("BANGER_INSTALL_FILE", inst),
+            ("BANGER_STATE_DIR", "/s"),
+        ]);
+        assert!(!dev.system);
+        assert_eq!(dev.state_dir, PathBuf::from("/s"));
+        let missing = layout(&[("HOME", "/home/u"), ("BANGER_INSTALL_FILE", "/nonexistent/x")]);
+        assert!(!missing.system);
+        assert_eq!(
+            missing.helper_socket(),
+            missing.runtime_dir.join("helper.sock")
         );
     }
 

@@ -13,7 +13,8 @@ use tokio::signal::unix::{signal, SignalKind};
 #[derive(Debug, Parser)]
 #[command(
     name = "banger-helper",
-    version,
+    version = banger_buildinfo::VERSION,
+    long_version = banger_buildinfo::version_detail(),
     about = "banger's root helper: privileged ops for bangerd over a Unix socket"
 )]
 struct Args {

@@ -16,21 +16,12 @@ mod table;
 mod vmcmd;
 mod wscmd;
 
-pub fn version_line() -> String {
-    format!(
-        "banger {} (commit {}, built {})",
-        env!("CARGO_PKG_VERSION"),
-        option_env!("BANGER_COMMIT").unwrap_or("unknown"),
-        option_env!("BANGER_BUILT_AT").unwrap_or("unknown"),
-    )
-}
-
 #[derive(Parser, Debug)]
 #[command(
     name = "banger",
     about = "Disposable microVMs for developers",
-    version = env!("CARGO_PKG_VERSION"),
-    long_version = version_line(),
+    version = banger_buildinfo::VERSION,
+    long_version = banger_buildinfo::version_detail(),
     after_help = "Examples:\n  banger vm run -- uname -a\n  banger vm run --rm ./my-repo -- make test\n  banger vm run --rm --vcpu 4 --memory 2G -- make test\n  banger vm create --name box && banger vm exec box -- ls\n  banger doctor"
 )]
 struct Cli {
@@ -120,7 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     let layout = banger_paths::Layout::from_env();
     match cli.cmd {
         Cmd::Version => {
-            println!("{}", version_line());
+            print!("{}", banger_buildinfo::version_block());
             Ok(0)
         }
         Cmd::Daemon(DaemonCmd::Start) => daemonctl::start(&layout, false).await.map(|_| 0),

@@ -37,12 +37,7 @@ pub fn now_unix() -> i64 {
 
 /// `<bin> <version> (commit <sha>, built <time>)`.
 pub fn version_line(bin: &str) -> String {
-    format!(
-        "{bin} {} (commit {}, built {})",
-        env!("CARGO_PKG_VERSION"),
-        option_env!("BANGER_COMMIT").unwrap_or("unknown"),
-        option_env!("BANGER_BUILT_AT").unwrap_or("unknown"),
-    )
+    banger_buildinfo::version_line(bin)
 }
 
 #[derive(Parser, Debug)]

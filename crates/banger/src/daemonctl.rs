@@ -81,6 +81,15 @@ fn spawn_background(mut cmd: Command, log: &Path, pidfile: &Path) -> anyhow::Res
 /// Starts the helper and bangerd unless bangerd already answers.
 pub async fn start(layout: &Layout, quiet: bool) -> anyhow::Result<()> {
     let client = Client::new(layout.daemon_socket());
+    if layout.system {
+        if daemon_up(&client).await.is_some() {
+            return Ok(());
+        }
+        bail!(
+            "this host has a system install ({}): its services are started by systemd; try `sudo banger system restart`",
+            banger_paths::system::INSTALL_FILE
+        );
+    }
     if let Some(st) = daemon_up(&client).await {
         if !quiet {
             println!("bangerd already running (pid {})", st.pid);

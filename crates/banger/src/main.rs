@@ -12,7 +12,9 @@ mod daemonctl;
 mod errors;
 mod imgcmd;
 mod style;
+mod system;
 mod table;
+mod update;
 mod vmcmd;
 mod wscmd;
 
@@ -48,8 +50,14 @@ enum Cmd {
     /// Operations in flight or recently finished (vm create, image build).
     #[command(alias = "ops")]
     Operations(JsonFlag),
-    /// Check that this host can run banger VMs.
+    /// Check that this host can run banger VMs (and, on a system install,
+    /// that the install keeps its promises).
     Doctor(DoctorArgs),
+    /// Install or remove banger as two systemd services (owner daemon, root helper).
+    #[command(subcommand)]
+    System(system::SystemCmd),
+    /// Update a system install to a signed release; rolls back on failure.
+    Update(update::UpdateArgs),
     /// Print the version, commit and build time.
     Version,
     /// Print banger's ssh_config include, or add it to ~/.ssh/config so
@@ -128,5 +136,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Image(c) => imgcmd::image(&layout, c).await,
         Cmd::Kernel(c) => imgcmd::kernel(&layout, c).await,
         Cmd::SshConfig(a) => wscmd::ssh_config(&layout, a).await,
+        Cmd::System(system::SystemCmd::Install(a)) => system::install(a).await,
+        Cmd::System(system::SystemCmd::Status(j)) => system::status(j.json).await,
+        Cmd::System(system::SystemCmd::Restart) => system::restart().await,
+        Cmd::System(system::SystemCmd::Uninstall(a)) => system::uninstall(a).await,
+        Cmd::Update(a) => update::run(a).await,
     }
 }

@@ -592,13 +592,20 @@ pub async fn doctor(layout: &Layout, verbose: bool, json: bool) -> anyhow::Resul
                 name: "daemon".into(),
                 status: CheckStatus::Fail,
                 detail: format!(
-                    "bangerd is not running at {}; start it with `banger daemon start`",
-                    layout.daemon_socket().display()
+                    "bangerd is not running at {}; start it with `{}`",
+                    layout.daemon_socket().display(),
+                    if layout.system {
+                        "sudo banger system restart"
+                    } else {
+                        "banger daemon start"
+                    }
                 ),
             }],
         },
         Err(e) => return Err(e.into()),
     };
+    let mut report = report;
+    report.checks.extend(crate::system::doctor_checks(layout));
     if json {
         print_json(&report)?;
     } else {

@@ -1,0 +1,528 @@
+//! `banger system install | status | restart | uninstall`: banger as two
+//! systemd services, an owner-user `bangerd` and a root `banger-helper`,
+//! and the system-mode rows of `banger doctor`.
+//!
+//! The files and their contents come from `banger-install`; this module
+//! decides the order, talks to systemctl and reports.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use banger_api::{CheckStatus, DaemonStatus, DoctorCheck};
+use banger_client::Client;
+use banger_install::install_meta::{BuildInfo, InstallMeta};
+use banger_paths::{system as sys, Layout};
+use clap::{Args, Subcommand};
+
+use crate::JsonFlag;
+
+#[derive(Subcommand, Debug)]
+pub enum SystemCmd {
+    /// Install banger's binaries and its two systemd services, and start them.
+    #[command(after_help = "Examples:\n  sudo banger system install              # owner: the user running sudo\n  sudo banger system install --owner alice\n  sudo ./build/bin/banger system install  # binaries next to this banger")]
+    Install(InstallArgs),
+    /// Show what is installed and whether both services run.
+    #[command(after_help = "Examples:\n  banger system status\n  banger system status --json")]
+    Status(JsonFlag),
+    /// Restart the helper, then the daemon. Running VMs keep running.
+    #[command(after_help = "Examples:\n  sudo banger system restart")]
+    Restart,
+    /// Stop and remove the services and binaries install added.
+    #[command(after_help = "Examples:\n  sudo banger system uninstall           # keeps VMs' disks, images and config\n  sudo banger system uninstall --purge   # removes state and cache too")]
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InstallArgs {
+    /// The user the daemon runs as and who may use banger (default: the
+    /// user who ran sudo).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Directory holding banger, bangerd, banger-helper and banger-agent
+    /// (default: the directory of this banger).
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct UninstallArgs {
+    /// Also remove /var/lib/banger (VM disks, images, database),
+    /// /var/cache/banger and /etc/banger.
+    #[arg(long)]
+    pub purge: bool,
+    /// Uninstall even while VMs are running (they are killed with the
+    /// helper's cgroup left behind; delete them first instead).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Where install puts each of the four binaries.
+pub fn targets() -> [(&'static str, &'static str); 4] {
+    [
+        ("banger-agent", sys::AGENT_BIN),
+        ("banger-helper", sys::HELPER_BIN),
+        ("bangerd", sys::BANGERD_BIN),
+        ("banger", sys::BANGER_BIN),
+    ]
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+pub fn require_root(what: &str) -> anyhow::Result<()> {
+    if euid() != 0 {
+        bail!("{what} changes /usr/local and systemd units: run it with sudo (sudo banger {what})");
+    }
+    Ok(())
+}
+
+/// Runs systemctl with `args`; failures carry its stderr.
+pub fn systemctl(args: &[&str]) -> anyhow::Result<()> {
+    run_tool("systemctl", args)
+}
+
+fn run_tool(tool: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {tool}"))?;
+    if !out.status.success() {
+        bail!(
+            "{tool} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// `systemctl is-active UNIT` as a word ("active", "failed", ...).
+pub fn unit_state(unit: &str) -> String {
+    Command::new("systemctl")
+        .args(["is-active", unit])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Restarts the helper, then the daemon, and waits until the daemon
+/// answers. `want_version`, when given, must appear in its version line
+/// (so an old daemon still answering does not count).
+pub async fn restart_services(want_version: Option<&str>) -> anyhow::Result<DaemonStatus> {
+    // A unit that hit its start limit refuses `restart` until reset.
+    let _ = systemctl(&["reset-failed", sys::HELPER_UNIT, sys::DAEMON_UNIT]);
+    systemctl(&["restart", sys::HELPER_UNIT])?;
+    systemctl(&["restart", sys::DAEMON_UNIT])?;
+    wait_daemon_ready(want_version, Duration::from_secs(30)).await
+}
+
+pub async fn wait_daemon_ready(
+    want_version: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<DaemonStatus> {
+    let client = Client::new(Layout::system().daemon_socket());
+    let t = Instant::now();
+    let mut last = String::from("no answer");
+    while t.elapsed() < timeout {
+        match client.get::<DaemonStatus>("/status").await {
+            Ok(st) if want_version.is_none_or(|v| st.version.contains(v)) => return Ok(st),
+            Ok(st) => last = format!("it answers as {}", st.version),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!(
+        "bangerd did not come up within {}s ({last}); see journalctl -u {}",
+        timeout.as_secs(),
+        sys::DAEMON_UNIT
+    )
+}
+
+struct Owner {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: PathBuf,
+}
+
+fn lookup_owner(name: &str) -> anyhow::Result<Owner> {
+    let user = nix::unistd::User::from_name(name)
+        .with_context(|| format!("look up user {name}"))?
+        .with_context(|| format!("no user named {name:?}; pass --owner with an existing user"))?;
+    if user.uid.is_root() {
+        bail!("the owner must not be root: bangerd never runs as root in a system install; pass --owner <user>");
+    }
+    Ok(Owner {
+        name: user.name,
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        home: user.dir,
+    })
+}
+
+/// Runs `<bin> version` and parses its three lines.
+pub fn binary_build_info(banger_bin: &Path) -> anyhow::Result<BuildInfo> {
+    let out = Command::new(banger_bin)
+        .arg("version")
+        .output()
+        .with_context(|| format!("run {} version", banger_bin.display()))?;
+    if !out.status.success() {
+        bail!("{} version failed ({})", banger_bin.display(), out.status);
+    }
+    let info = banger_update::parse_version_output(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| format!("read {} version", banger_bin.display()))?;
+    Ok(BuildInfo {
+        version: info.version,
+        commit: info.commit,
+        built_at: info.built_at,
+    })
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+pub async fn install(args: InstallArgs) -> anyhow::Result<u8> {
+    require_root("system install")?;
+    let owner_name = match args.owner.or_else(|| std::env::var("SUDO_USER").ok()) {
+        Some(o) if !o.is_empty() => o,
+        _ => bail!("no owner: pass --owner <user> (the user bangerd runs as and who uses banger)"),
+    };
+    let owner = lookup_owner(&owner_name)?;
+    let from = match args.from {
+        Some(d) => d,
+        None => std::env::current_exe()
+            .context("find this banger's directory")?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("this banger has no parent directory")?,
+    };
+    let mut sources = Vec::new();
+    for (name, dst) in targets() {
+        let src = from.join(name);
+        if !src.is_file() {
+            bail!(
+                "{} missing: --from must hold banger, bangerd, banger-helper and banger-agent (scripts/build puts them in build/bin)",
+                src.display()
+            );
+        }
+        sources.push((src, PathBuf::from(dst)));
+    }
+    let settings = banger_paths::Settings::from_env(Path::new(sys::CONFIG_FILE))?;
+    let params = banger_install::units::UnitParams {
+        owner_user: owner.name.clone(),
+        owner_uid: owner.uid,
+        owner_gid: owner.gid,
+        owner_home: owner.home.clone(),
+        firecracker_bin: settings.firecracker_bin.clone(),
+        jailer_bin: settings.jailer_bin.clone(),
+    };
+    let root = Path::new("/");
+    eprintln!("installing banger for {} (uid {})", owner.name, owner.uid);
+    banger_install::plan::create_dirs(root, owner.uid, owner.gid)?;
+    banger_install::plan::install_binaries(root, &sources)?;
+    banger_install::plan::write_units(root, &params)?;
+    let build = binary_build_info(Path::new(sys::BANGER_BIN))?;
+    let installed_at = InstallMeta::read(Path::new(sys::INSTALL_FILE))
+        .map(|m| m.installed_at)
+        .unwrap_or_else(|_| now_rfc3339());
+    InstallMeta {
+        owner_user: owner.name.clone(),
+        owner_uid: owner.uid,
+        owner_gid: owner.gid,
+        owner_home: owner.home.clone(),
+        version: build.version.clone(),
+        commit: build.commit,
+        built_at: build.built_at,
+        installed_at,
+    }
+    .write(Path::new(sys::INSTALL_FILE))?;
+    run_tool("systemd-tmpfiles", &["--create", sys::TMPFILES_FILE])?;
+    systemctl(&["daemon-reload"])?;
+    systemctl(&["enable", sys::HELPER_UNIT, sys::DAEMON_UNIT])?;
+    let st = restart_services(Some(&build.version)).await?;
+    println!("installed {} for {}", build.version, owner.name);
+    print!(
+        "{}",
+        crate::table::render(
+            &["WHAT", "WHERE"],
+            &[
+                vec!["cli".into(), sys::BANGER_BIN.into()],
+                vec!["daemon".into(), format!("{} ({})", sys::DAEMON_UNIT, st.socket)],
+                vec!["helper".into(), format!("{} ({})", sys::HELPER_UNIT, sys::HELPER_SOCKET)],
+                vec!["state".into(), sys::STATE_DIR.into()],
+                vec!["install record".into(), sys::INSTALL_FILE.into()],
+            ]
+        )
+    );
+    Ok(0)
+}
+
+pub async fn status(json: bool) -> anyhow::Result<u8> {
+    let meta = InstallMeta::read(Path::new(sys::INSTALL_FILE)).ok();
+    let helper = unit_state(sys::HELPER_UNIT);
+    let daemon = unit_state(sys::DAEMON_UNIT);
+    let st = Client::new(Layout::system().daemon_socket())
+        .get::<DaemonStatus>("/status")
+        .await
+        .ok();
+    if json {
+        crate::vmcmd::print_json(&serde_json::json!({
+            "installed": meta.is_some(),
+            "install": meta,
+            "services": { sys::HELPER_UNIT: helper, sys::DAEMON_UNIT: daemon },
+            "daemon": st,
+        }))?;
+    } else {
+        let Some(m) = &meta else {
+            println!(
+                "banger is not installed as a system service ({} missing); install with `sudo banger system install`",
+                sys::INSTALL_FILE
+            );
+            return Ok(1);
+        };
+        let rows = vec![
+            vec!["owner".into(), format!("{} (uid {})", m.owner_user, m.owner_uid)],
+            vec!["version".into(), format!("{} (commit {}, built {})", m.version, m.commit, m.built_at)],
+            vec!["installed at".into(), m.installed_at.clone()],
+            vec![sys::HELPER_UNIT.into(), helper.clone()],
+            vec![sys::DAEMON_UNIT.into(), daemon.clone()],
+            vec![
+                "daemon".into(),
+                st.as_ref()
+                    .map(|s| format!("{} on {}", s.version, s.socket))
+                    .unwrap_or_else(|| "not answering".into()),
+            ],
+        ];
+        print!("{}", crate::table::render(&["WHAT", "STATE"], &rows));
+    }
+    Ok(if meta.is_some() && helper == "active" && daemon == "active" {
+        0
+    } else {
+        1
+    })
+}
+
+pub async fn restart() -> anyhow::Result<u8> {
+    require_root("system restart")?;
+    if !Path::new(sys::INSTALL_FILE).is_file() {
+        bail!("banger is not installed as a system service ({} missing)", sys::INSTALL_FILE);
+    }
+    let st = restart_services(None).await?;
+    println!("restarted; {} running VM(s) kept", st.vms_running);
+    Ok(0)
+}
+
+pub async fn uninstall(args: UninstallArgs) -> anyhow::Result<u8> {
+    require_root("system uninstall")?;
+    let client = Client::new(Layout::system().daemon_socket());
+    if let Ok(st) = client.get::<DaemonStatus>("/status").await {
+        if st.vms_running > 0 && !args.force {
+            bail!(
+                "{} VM(s) still running; delete them first (banger vm list), or pass --force",
+                st.vms_running
+            );
+        }
+    }
+    for unit in [sys::DAEMON_UNIT, sys::HELPER_UNIT] {
+        // Missing units are fine: uninstall finishes what it can.
+        let _ = systemctl(&["disable", "--now", unit]);
+    }
+    let removed = banger_install::plan::uninstall(Path::new("/"), args.purge)?;
+    let _ = systemctl(&["daemon-reload"]);
+    for p in &removed {
+        println!("removed {}", p.display());
+    }
+    if !args.purge {
+        println!(
+            "kept {} and {} (use --purge to remove them)",
+            sys::STATE_DIR,
+            sys::ETC_DIR
+        );
+    }
+    Ok(0)
+}
+
+fn check(name: &str, status: CheckStatus, detail: impl Into<String>) -> DoctorCheck {
+    DoctorCheck {
+        name: name.into(),
+        status,
+        detail: detail.into(),
+    }
+}
+
+/// Doctor rows that compare the host with what a system install promises;
+/// outside system mode one warning that says the trust model is looser.
+pub fn doctor_checks(layout: &Layout) -> Vec<DoctorCheck> {
+    if !layout.system {
+        return vec![check(
+            "system install",
+            CheckStatus::Warn,
+            "running outside the system install: bangerd and the root helper are plain processes \
+             (banger daemon start), without the services' sandboxing; fine for development, \
+             not for shared hosts (see docs/privileges.md; sudo banger system install)",
+        )];
+    }
+    let mut out = Vec::new();
+    let meta = match InstallMeta::read(Path::new(sys::INSTALL_FILE)) {
+        Ok(m) => m,
+        Err(e) => {
+            return vec![check("install record", CheckStatus::Fail, e.to_string())];
+        }
+    };
+    for unit in [sys::HELPER_UNIT, sys::DAEMON_UNIT] {
+        let st = unit_state(unit);
+        out.push(if st == "active" {
+            check(unit, CheckStatus::Pass, "active")
+        } else {
+            check(
+                unit,
+                CheckStatus::Fail,
+                format!("{st}; sudo systemctl start {unit}, or see journalctl -u {unit}"),
+            )
+        });
+    }
+    for (name, path) in [
+        ("daemon socket", layout.daemon_socket()),
+        ("helper socket", layout.helper_socket()),
+    ] {
+        out.push(socket_check(name, &path, meta.owner_uid));
+    }
+    for (name, unit, required) in [
+        (
+            "helper unit hardening",
+            sys::HELPER_UNIT,
+            banger_install::hardening::HELPER_REQUIRED,
+        ),
+        (
+            "daemon unit hardening",
+            sys::DAEMON_UNIT,
+            banger_install::hardening::DAEMON_REQUIRED,
+        ),
+    ] {
+        let path = Path::new(sys::UNIT_DIR).join(unit);
+        out.push(match std::fs::read_to_string(&path) {
+            Err(e) => check(name, CheckStatus::Fail, format!("{}: {e}", path.display())),
+            Ok(text) => {
+                let mut missing = banger_install::hardening::missing_directives(&text, required);
+                if unit == sys::DAEMON_UNIT {
+                    let user = format!("User={}", meta.owner_user);
+                    if !banger_install::hardening::missing_directives(
+                        &text,
+                        &[("User", meta.owner_user.as_str())],
+                    )
+                    .is_empty()
+                    {
+                        missing.push(user);
+                    }
+                }
+                if missing.is_empty() {
+                    check(name, CheckStatus::Pass, format!("{} has every directive", path.display()))
+                } else {
+                    check(
+                        name,
+                        CheckStatus::Fail,
+                        format!(
+                            "{} lacks {}; re-run sudo banger system install",
+                            path.display(),
+                            missing.join(", ")
+                        ),
+                    )
+                }
+            }
+        });
+    }
+    out.push(firecracker_owner_check(layout));
+    out.push(version_check(&meta));
+    out
+}
+
+fn socket_check(name: &str, path: &Path, owner_uid: u32) -> DoctorCheck {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match std::fs::symlink_metadata(path) {
+        Err(e) => check(name, CheckStatus::Fail, format!("{}: {e}", path.display())),
+        Ok(m) if !m.file_type().is_socket() => check(
+            name,
+            CheckStatus::Fail,
+            format!("{} is not a socket", path.display()),
+        ),
+        Ok(m) if m.mode() & 0o777 != 0o600 || m.uid() != owner_uid => check(
+            name,
+            CheckStatus::Fail,
+            format!(
+                "{} is mode {:o} owned by uid {}; want 600 owned by the owner (uid {owner_uid}); sudo banger system restart",
+                path.display(),
+                m.mode() & 0o777,
+                m.uid()
+            ),
+        ),
+        Ok(_) => check(
+            name,
+            CheckStatus::Pass,
+            format!("{} 0600, owner uid {owner_uid}", path.display()),
+        ),
+    }
+}
+
+/// The Firecracker binary the root helper would run: root-owned, a regular
+/// file, not group/world-writable. Missing is only a warning (QEMU works).
+fn firecracker_owner_check(layout: &Layout) -> DoctorCheck {
+    use std::os::unix::fs::MetadataExt;
+    let settings = banger_paths::Settings::from_env(&layout.config_file).unwrap_or_default();
+    let bin = &settings.firecracker_bin;
+    match std::fs::symlink_metadata(bin) {
+        Err(_) => check(
+            "firecracker binary",
+            CheckStatus::Warn,
+            format!("{} not present; VMs use QEMU", bin.display()),
+        ),
+        Ok(m) if !m.file_type().is_file() => check(
+            "firecracker binary",
+            CheckStatus::Fail,
+            format!("{} is not a regular file (symlinks are refused)", bin.display()),
+        ),
+        Ok(m) if m.uid() != 0 || m.mode() & 0o022 != 0 || m.mode() & 0o111 == 0 => check(
+            "firecracker binary",
+            CheckStatus::Fail,
+            format!(
+                "{} is uid {} mode {:o}; it must be root-owned, executable, not group/world-writable (sudo chown root {0}; sudo chmod 755 {0})",
+                bin.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ),
+        ),
+        Ok(_) => check(
+            "firecracker binary",
+            CheckStatus::Pass,
+            format!("{} root-owned, not writable by others", bin.display()),
+        ),
+    }
+}
+
+fn version_check(meta: &InstallMeta) -> DoctorCheck {
+    let cli = banger_buildinfo::VERSION;
+    let detail = format!(
+        "cli {cli} (commit {}), installed {} (commit {})",
+        banger_buildinfo::COMMIT,
+        meta.version,
+        meta.commit
+    );
+    if banger_buildinfo::is_dev(cli) || banger_buildinfo::is_dev(&meta.version) {
+        return check("banger version", CheckStatus::Pass, format!("{detail}; dev build, not compared"));
+    }
+    if cli != meta.version || banger_buildinfo::COMMIT != meta.commit {
+        return check(
+            "banger version",
+            CheckStatus::Warn,
+            format!("{detail}: this CLI is not the installed one ({})", sys::BANGER_BIN),
+        );
+    }
+    check("banger version", CheckStatus::Pass, detail)
+}

@@ -2,39 +2,26 @@
 //!
 //! A catalog is a small JSON document (fetched from a configurable
 //! `file://`, `http://` or `https://` URL) listing bundles with their URL,
-//! size and sha256. [`download_verified`] fetches one bundle into a temp file
-//! inside the destination directory through a size cap, hashing on the way
-//! in, and only renames it into place once size and hash match; nothing is
-//! decompressed before that. [`unpack_bundle`] then unpacks a verified
-//! `.tar.zst` bundle, accepting only regular files and directories.
+//! size and sha256. [`download_verified`] fetches one bundle through
+//! [`banger_fetch::download_verified`] with the entry's size as the cap: a
+//! temp file inside the destination directory, hashed on the way in, renamed
+//! into place only once size and hash match; nothing is decompressed before
+//! that. [`unpack_bundle`] then unpacks a verified `.tar.zst` bundle,
+//! accepting only regular files and directories.
 //!
 //! On any failure (or if the future is dropped) the temp file or directory
 //! is removed, so the destination directory is left as it was.
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+pub use banger_fetch::FetchError;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The catalog `schema_version` this banger understands.
 pub const SCHEMA_VERSION: u32 = 1;
 /// A sensible cap for [`fetch_catalog`].
 pub const DEFAULT_CATALOG_MAX_BYTES: u64 = 1024 * 1024;
-/// Redirects followed before giving up.
-pub const MAX_REDIRECTS: usize = 5;
-/// TCP (and TLS) connect timeout.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for response headers or for the next piece of the body.
-pub const IDLE_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most tar entries [`unpack_bundle`] accepts (bounds work on empty entries,
 /// which the content cap does not).
 pub const MAX_BUNDLE_ENTRIES: u64 = 100_000;
@@ -76,52 +63,15 @@ pub enum CatalogError {
     SchemaUnsupported { found: u32, supported: u32 },
     #[error("catalog entry {name:?}: {problem}")]
     InvalidEntry { name: String, problem: String },
-    #[error("bad url {url:?}: {problem}")]
-    BadUrl { url: String, problem: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("tls setup: {0}")]
-    Tls(#[source] rustls::Error),
-    #[error("{url}: {source}")]
-    Http {
-        url: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("{url}: http status {status}")]
-    Status { url: String, status: u16 },
-    #[error("{url}: timed out after {secs} s waiting for {what}")]
-    Timeout {
-        url: String,
-        secs: u64,
-        what: &'static str,
-    },
-    #[error("{url}: more than {max} redirects")]
-    TooManyRedirects { url: String, max: usize },
-    #[error("{url}: advertised size {advertised} bytes exceeds the cap of {cap} bytes")]
-    AdvertisedTooLarge {
-        url: String,
-        advertised: u64,
-        cap: u64,
-    },
-    #[error("{url}: body exceeds the cap of {cap} bytes (more than advertised)")]
-    CapExceeded { url: String, cap: u64 },
-    #[error("{url}: got {got} bytes, expected {expected}")]
-    SizeMismatch {
-        url: String,
-        expected: u64,
-        got: u64,
-    },
-    #[error("{url}: sha256 mismatch: expected {expected}, got {actual}")]
-    HashMismatch {
-        url: String,
-        expected: String,
-        actual: String,
-    },
+    /// The transfer (or the url's scheme) failed; see [`FetchError`].
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
     #[error("bundle {bundle}: {problem}")]
     Bundle { bundle: String, problem: String },
 }
@@ -203,7 +153,7 @@ pub fn validate_entry(entry: &CatalogEntry) -> Result<(), CatalogError> {
         ));
     }
     parse_sha256(&entry.sha256).map_err(|p| invalid(name, p))?;
-    check_scheme(&entry.url)?;
+    banger_fetch::check_url(&entry.url)?;
     if entry.size == 0 {
         return Err(invalid(name, "size must be greater than 0"));
     }
@@ -220,30 +170,9 @@ fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
     }
 }
 
-enum Scheme {
-    File,
-    Http,
-}
-
-fn check_scheme(url: &str) -> Result<Scheme, CatalogError> {
-    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
-    if lower.starts_with("file://") {
-        Ok(Scheme::File)
-    } else if lower.starts_with("http://") || lower.starts_with("https://") {
-        Ok(Scheme::Http)
-    } else {
-        Err(CatalogError::BadUrl {
-            url: url.to_string(),
-            problem: "scheme must be file, http or https".into(),
-        })
-    }
-}
-
 /// Fetches and parses the catalog at `url`, reading at most `max_bytes`.
 pub async fn fetch_catalog(url: &str, max_bytes: u64) -> Result<Catalog, CatalogError> {
-    let mut buf = Vec::new();
-    fetch_to(url, max_bytes, &mut buf, &mut |_, _| {}).await?;
-    parse_catalog(&buf)
+    parse_catalog(&banger_fetch::fetch_bytes(url, max_bytes).await?)
 }
 
 /// Downloads `entry.url` into a temp file inside `dest_dir` through a cap of
@@ -255,323 +184,21 @@ pub async fn download_verified(
     entry: &CatalogEntry,
     dest_dir: &Path,
     final_name: &str,
-    mut progress: impl FnMut(u64, u64) + Send,
+    progress: impl FnMut(u64, u64) + Send,
 ) -> Result<PathBuf, CatalogError> {
-    check_file_name(final_name).map_err(|p| invalid(&entry.name, p))?;
     validate_entry(entry)?;
     let expected = parse_sha256(&entry.sha256).map_err(|p| invalid(&entry.name, p))?;
-
-    let tmp = tempfile::Builder::new()
-        .prefix(".download-")
-        .suffix(".part")
-        .tempfile_in(dest_dir)
-        .map_err(io_err(format!(
-            "creating temp file in {}",
-            dest_dir.display()
-        )))?;
-    let tmp_ctx = || format!("writing {}", tmp.path().display());
-    let std_file = tmp.as_file().try_clone().map_err(io_err(tmp_ctx()))?;
-    let mut out = tokio::fs::File::from_std(std_file);
-
-    // From here an early return drops `tmp`, which removes the file.
-    let (got, digest) = fetch_to(&entry.url, entry.size, &mut out, &mut progress).await?;
-    if got != entry.size {
-        return Err(CatalogError::SizeMismatch {
-            url: entry.url.clone(),
-            expected: entry.size,
-            got,
-        });
-    }
-    if digest != expected {
-        return Err(CatalogError::HashMismatch {
-            url: entry.url.clone(),
-            expected: entry.sha256.to_ascii_lowercase(),
-            actual: hex::encode(digest),
-        });
-    }
-    out.flush().await.map_err(io_err(tmp_ctx()))?;
-    out.sync_all().await.map_err(io_err(tmp_ctx()))?;
-    drop(out);
-
-    let dest = dest_dir.join(final_name);
-    tmp.persist(&dest).map_err(|e| CatalogError::Io {
-        context: format!("renaming download to {}", dest.display()),
-        source: e.error,
-    })?;
-    // Best effort: make the rename durable.
-    if let Ok(dir) = std::fs::File::open(dest_dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(dest)
-}
-
-/// A single path component we are willing to create in a destination dir.
-fn check_file_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && !name.starts_with('.')
-        && !name.contains('/')
-        && !name.contains('\0');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a plain file name (no '/', not starting with '.')"
-        ))
-    }
-}
-
-/// Streams `url` into `out`, refusing more than `cap` bytes; returns the
-/// byte count and sha256 of what was written.
-async fn fetch_to<W: AsyncWrite + Unpin>(
-    url: &str,
-    cap: u64,
-    out: &mut W,
-    progress: &mut (dyn FnMut(u64, u64) + Send),
-) -> Result<(u64, [u8; 32]), CatalogError> {
-    let mut sink = Sink {
-        url: url.to_string(),
-        cap,
-        total: 0,
-        hasher: Sha256::new(),
-        out,
+    let path = banger_fetch::download_verified(
+        &entry.url,
+        &expected,
+        Some(entry.size),
+        entry.size,
+        dest_dir,
+        final_name,
         progress,
-    };
-    match check_scheme(url)? {
-        Scheme::File => fetch_file(url, &mut sink).await?,
-        Scheme::Http => fetch_http(url, &mut sink).await?,
-    }
-    Ok((sink.total, sink.hasher.finalize().into()))
-}
-
-struct Sink<'a, W> {
-    url: String,
-    cap: u64,
-    total: u64,
-    hasher: Sha256,
-    out: &'a mut W,
-    progress: &'a mut (dyn FnMut(u64, u64) + Send),
-}
-
-impl<W: AsyncWrite + Unpin> Sink<'_, W> {
-    /// Takes one chunk; refuses it whole if it would go past the cap.
-    async fn take(&mut self, data: &[u8]) -> Result<(), CatalogError> {
-        let total = self.total + data.len() as u64;
-        if total > self.cap {
-            return Err(CatalogError::CapExceeded {
-                url: self.url.clone(),
-                cap: self.cap,
-            });
-        }
-        self.hasher.update(data);
-        self.out
-            .write_all(data)
-            .await
-            .map_err(io_err(format!("writing download of {}", self.url)))?;
-        self.total = total;
-        (self.progress)(total, self.cap);
-        Ok(())
-    }
-
-    fn advertised(&self, len: u64) -> Result<(), CatalogError> {
-        if len > self.cap {
-            return Err(CatalogError::AdvertisedTooLarge {
-                url: self.url.clone(),
-                advertised: len,
-                cap: self.cap,
-            });
-        }
-        Ok(())
-    }
-}
-
-async fn fetch_file<W: AsyncWrite + Unpin>(
-    url: &str,
-    sink: &mut Sink<'_, W>,
-) -> Result<(), CatalogError> {
-    // `file:///abs/path` only; the path is taken literally (no %-decoding).
-    let path = &url["file://".len()..];
-    if !path.starts_with('/') {
-        return Err(CatalogError::BadUrl {
-            url: url.to_string(),
-            problem: "file url must be file:///absolute/path (no host)".into(),
-        });
-    }
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(io_err(format!("opening {path}")))?;
-    let meta = file
-        .metadata()
-        .await
-        .map_err(io_err(format!("stat {path}")))?;
-    if !meta.is_file() {
-        return Err(CatalogError::BadUrl {
-            url: url.to_string(),
-            problem: "not a regular file".into(),
-        });
-    }
-    sink.advertised(meta.len())?;
-    // Read at most cap+1 bytes even if the file grows meanwhile.
-    let mut reader = file.take(sink.cap + 1);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .await
-            .map_err(io_err(format!("reading {path}")))?;
-        if n == 0 {
-            return Ok(());
-        }
-        sink.take(&buf[..n]).await?;
-    }
-}
-
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
-
-fn http_client() -> Result<HttpClient, CatalogError> {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    http.enforce_http(false);
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(CatalogError::Tls)?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).build(https))
-}
-
-async fn fetch_http<W: AsyncWrite + Unpin>(
-    url: &str,
-    sink: &mut Sink<'_, W>,
-) -> Result<(), CatalogError> {
-    let client = http_client()?;
-    let mut current = url.to_string();
-    let mut hops = 0;
-    let response = loop {
-        let uri: hyper::Uri = current.parse().map_err(|e| CatalogError::BadUrl {
-            url: current.clone(),
-            problem: format!("{e}"),
-        })?;
-        let request = hyper::Request::get(uri)
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("banger/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| CatalogError::BadUrl {
-                url: current.clone(),
-                problem: format!("{e}"),
-            })?;
-        let response = tokio::time::timeout(IDLE_READ_TIMEOUT, client.request(request))
-            .await
-            .map_err(|_| CatalogError::Timeout {
-                url: current.clone(),
-                secs: IDLE_READ_TIMEOUT.as_secs(),
-                what: "response headers",
-            })?
-            .map_err(|e| CatalogError::Http {
-                url: current.clone(),
-                source: Box::new(e),
-            })?;
-        let status = response.status();
-        let location = response
-            .headers()
-            .get(hyper::header::LOCATION)
-            .and_then(|v| v.to_str().ok());
-        match location {
-            Some(location) if status.is_redirection() => {
-                if hops == MAX_REDIRECTS {
-                    return Err(CatalogError::TooManyRedirects {
-                        url: url.to_string(),
-                        max: MAX_REDIRECTS,
-                    });
-                }
-                hops += 1;
-                current = resolve_redirect(&current, location)?;
-            }
-            _ if !status.is_success() => {
-                return Err(CatalogError::Status {
-                    url: current,
-                    status: status.as_u16(),
-                });
-            }
-            _ => break response,
-        }
-    };
-    if sink.url != current {
-        sink.url = format!("{url} (redirected to {current})");
-    }
-    let advertised = response
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if let Some(len) = advertised {
-        // Refuse before reading any of the body.
-        sink.advertised(len)?;
-    }
-    let mut body = response.into_body();
-    loop {
-        let frame = tokio::time::timeout(IDLE_READ_TIMEOUT, body.frame())
-            .await
-            .map_err(|_| CatalogError::Timeout {
-                url: sink.url.clone(),
-                secs: IDLE_READ_TIMEOUT.as_secs(),
-                what: "body data",
-            })?;
-        let Some(frame) = frame else {
-            return Ok(());
-        };
-        let frame = frame.map_err(|e| CatalogError::Http {
-            url: sink.url.clone(),
-            source: Box::new(e),
-        })?;
-        if let Ok(data) = frame.into_data() {
-            sink.take(&data).await?;
-        }
-    }
-}
-
-/// Resolves a `Location` against the URL that returned it; only http and
-/// https targets, and never from https down to http.
-fn resolve_redirect(base: &str, location: &str) -> Result<String, CatalogError> {
-    let bad = |problem: &str| CatalogError::BadUrl {
-        url: location.to_string(),
-        problem: format!("redirect from {base}: {problem}"),
-    };
-    let base_uri: hyper::Uri = base.parse().map_err(|_| bad("bad base url"))?;
-    let scheme = base_uri.scheme_str().unwrap_or("http");
-    let authority = base_uri
-        .authority()
-        .map(|a| a.as_str())
-        .ok_or_else(|| bad("base url has no host"))?;
-    let lower = location.get(..8).unwrap_or(location).to_ascii_lowercase();
-    let target = if lower.starts_with("http://") || lower.starts_with("https://") {
-        location.to_string()
-    } else if location.contains("://") {
-        return Err(bad("scheme must be http or https"));
-    } else if location.starts_with("//") {
-        format!("{scheme}:{location}")
-    } else if location.starts_with('/') {
-        format!("{scheme}://{authority}{location}")
-    } else {
-        let dir = base_uri.path().rsplit_once('/').map_or("", |(d, _)| d);
-        format!("{scheme}://{authority}{dir}/{location}")
-    };
-    if scheme.eq_ignore_ascii_case("https") && target.to_ascii_lowercase().starts_with("http://") {
-        return Err(bad("refusing to downgrade https to http"));
-    }
-    Ok(target)
+    )
+    .await?;
+    Ok(path)
 }
 
 /// Unpacks a verified `.tar.zst` bundle into `dest_dir/<name>` through a temp
@@ -589,7 +216,7 @@ pub fn unpack_bundle(
         bundle: bundle.display().to_string(),
         problem,
     };
-    check_file_name(name).map_err(&fail)?;
+    banger_fetch::check_file_name(name).map_err(|e| fail(e.to_string()))?;
     let target = dest_dir.join(name);
     if target.symlink_metadata().is_ok() {
         return Err(fail(format!("{} already exists", target.display())));

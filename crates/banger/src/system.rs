@@ -132,7 +132,9 @@ pub async fn wait_daemon_ready(
     let mut last = String::from("no answer");
     while t.elapsed() < timeout {
         match client.get::<DaemonStatus>("/status").await {
-            Ok(st) if want_version.is_none_or(|v| st.version.contains(v)) => return Ok(st),
+            Ok(st) if want_version.is_none_or(|v| st.version.split_whitespace().any(|w| w == v)) => {
+                return Ok(st)
+            }
             Ok(st) => last = format!("it answers as {}", st.version),
             Err(e) => last = e.to_string(),
         }

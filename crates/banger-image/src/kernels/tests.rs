@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::catalog::tests::zstd;
+use crate::catalog::FetchError;
 
 /// A minimal bzImage: "HdrS" at 0x202 and, optionally, a version string
 /// that the header's `kernel_version` field (0x20e) points at.
@@ -386,7 +387,7 @@ async fn pull_with_sha_mismatch_leaves_the_store_unchanged() {
         matches!(
             e,
             KernelError::Pull {
-                source: CatalogError::HashMismatch { .. },
+                source: CatalogError::Fetch(FetchError::HashMismatch { .. }),
                 ..
             }
         ),

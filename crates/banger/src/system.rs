@@ -21,7 +21,9 @@ use crate::JsonFlag;
 #[derive(Subcommand, Debug)]
 pub enum SystemCmd {
     /// Install banger's binaries and its two systemd services, and start them.
-    #[command(after_help = "Examples:\n  sudo banger system install              # owner: the user running sudo\n  sudo banger system install --owner alice\n  sudo ./build/bin/banger system install  # binaries next to this banger")]
+    #[command(
+        after_help = "Examples:\n  sudo banger system install              # owner: the user running sudo\n  sudo banger system install --owner alice\n  sudo ./build/bin/banger system install  # binaries next to this banger"
+    )]
     Install(InstallArgs),
     /// Show what is installed and whether both services run.
     #[command(after_help = "Examples:\n  banger system status\n  banger system status --json")]
@@ -30,7 +32,9 @@ pub enum SystemCmd {
     #[command(after_help = "Examples:\n  sudo banger system restart")]
     Restart,
     /// Stop and remove the services and binaries install added.
-    #[command(after_help = "Examples:\n  sudo banger system uninstall           # keeps VMs' disks, images and config\n  sudo banger system uninstall --purge   # removes state and cache too")]
+    #[command(
+        after_help = "Examples:\n  sudo banger system uninstall           # keeps VMs' disks, images and config\n  sudo banger system uninstall --purge   # removes state and cache too"
+    )]
     Uninstall(UninstallArgs),
 }
 
@@ -132,7 +136,9 @@ pub async fn wait_daemon_ready(
     let mut last = String::from("no answer");
     while t.elapsed() < timeout {
         match client.get::<DaemonStatus>("/status").await {
-            Ok(st) if want_version.is_none_or(|v| st.version.split_whitespace().any(|w| w == v)) => {
+            Ok(st)
+                if want_version.is_none_or(|v| st.version.split_whitespace().any(|w| w == v)) =>
+            {
                 return Ok(st)
             }
             Ok(st) => last = format!("it answers as {}", st.version),
@@ -257,8 +263,14 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<u8> {
             &["WHAT", "WHERE"],
             &[
                 vec!["cli".into(), sys::BANGER_BIN.into()],
-                vec!["daemon".into(), format!("{} ({})", sys::DAEMON_UNIT, st.socket)],
-                vec!["helper".into(), format!("{} ({})", sys::HELPER_UNIT, sys::HELPER_SOCKET)],
+                vec![
+                    "daemon".into(),
+                    format!("{} ({})", sys::DAEMON_UNIT, st.socket)
+                ],
+                vec![
+                    "helper".into(),
+                    format!("{} ({})", sys::HELPER_UNIT, sys::HELPER_SOCKET)
+                ],
                 vec!["state".into(), sys::STATE_DIR.into()],
                 vec!["install record".into(), sys::INSTALL_FILE.into()],
             ]
@@ -291,8 +303,14 @@ pub async fn status(json: bool) -> anyhow::Result<u8> {
             return Ok(1);
         };
         let rows = vec![
-            vec!["owner".into(), format!("{} (uid {})", m.owner_user, m.owner_uid)],
-            vec!["version".into(), format!("{} (commit {}, built {})", m.version, m.commit, m.built_at)],
+            vec![
+                "owner".into(),
+                format!("{} (uid {})", m.owner_user, m.owner_uid),
+            ],
+            vec![
+                "version".into(),
+                format!("{} (commit {}, built {})", m.version, m.commit, m.built_at),
+            ],
             vec!["installed at".into(), m.installed_at.clone()],
             vec![sys::HELPER_UNIT.into(), helper.clone()],
             vec![sys::DAEMON_UNIT.into(), daemon.clone()],
@@ -305,17 +323,22 @@ pub async fn status(json: bool) -> anyhow::Result<u8> {
         ];
         print!("{}", crate::table::render(&["WHAT", "STATE"], &rows));
     }
-    Ok(if meta.is_some() && helper == "active" && daemon == "active" {
-        0
-    } else {
-        1
-    })
+    Ok(
+        if meta.is_some() && helper == "active" && daemon == "active" {
+            0
+        } else {
+            1
+        },
+    )
 }
 
 pub async fn restart() -> anyhow::Result<u8> {
     require_root("system restart")?;
     if !Path::new(sys::INSTALL_FILE).is_file() {
-        bail!("banger is not installed as a system service ({} missing)", sys::INSTALL_FILE);
+        bail!(
+            "banger is not installed as a system service ({} missing)",
+            sys::INSTALL_FILE
+        );
     }
     let st = restart_services(None).await?;
     println!("restarted; {} running VM(s) kept", st.vms_running);
@@ -426,7 +449,11 @@ pub fn doctor_checks(layout: &Layout) -> Vec<DoctorCheck> {
                     }
                 }
                 if missing.is_empty() {
-                    check(name, CheckStatus::Pass, format!("{} has every directive", path.display()))
+                    check(
+                        name,
+                        CheckStatus::Pass,
+                        format!("{} has every directive", path.display()),
+                    )
                 } else {
                     check(
                         name,
@@ -517,13 +544,20 @@ fn version_check(meta: &InstallMeta) -> DoctorCheck {
         meta.commit
     );
     if banger_buildinfo::is_dev(cli) || banger_buildinfo::is_dev(&meta.version) {
-        return check("banger version", CheckStatus::Pass, format!("{detail}; dev build, not compared"));
+        return check(
+            "banger version",
+            CheckStatus::Pass,
+            format!("{detail}; dev build, not compared"),
+        );
     }
     if cli != meta.version || banger_buildinfo::COMMIT != meta.commit {
         return check(
             "banger version",
             CheckStatus::Warn,
-            format!("{detail}: this CLI is not the installed one ({})", sys::BANGER_BIN),
+            format!(
+                "{detail}: this CLI is not the installed one ({})",
+                sys::BANGER_BIN
+            ),
         );
     }
     check("banger version", CheckStatus::Pass, detail)

@@ -20,7 +20,9 @@ use clap::Args;
 use crate::system::{self, require_root};
 
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:\n  banger update --check             # is there a newer release?\n  sudo banger update                 # to the latest stable release\n  sudo banger update --to v0.2.0\n  sudo banger update --dry-run       # download and verify, change nothing")]
+#[command(
+    after_help = "Examples:\n  banger update --check             # is there a newer release?\n  sudo banger update                 # to the latest stable release\n  sudo banger update --to v0.2.0\n  sudo banger update --dry-run       # download and verify, change nothing"
+)]
 pub struct UpdateArgs {
     /// Only say whether a newer release exists (needs no root).
     #[arg(long)]
@@ -89,7 +91,8 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<u8> {
     }
     let key_pem = match &args.pubkey_file {
         Some(p) => Some(
-            std::fs::read_to_string(p).with_context(|| format!("read public key {}", p.display()))?,
+            std::fs::read_to_string(p)
+                .with_context(|| format!("read public key {}", p.display()))?,
         ),
         None => None,
     };
@@ -104,15 +107,10 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("create a staging dir in {}", staging_root.display()))?;
     // From here on, dropping `staging` removes everything downloaded.
     eprintln!("downloading {} ...", release.version);
-    let downloaded = banger_update::download_release(
-        &manifest_url,
-        release,
-        key,
-        staging.path(),
-        |_, _| {},
-    )
-    .await
-    .with_context(|| format!("download {}", release.version))?;
+    let downloaded =
+        banger_update::download_release(&manifest_url, release, key, staging.path(), |_, _| {})
+            .await
+            .with_context(|| format!("download {}", release.version))?;
     let staged = banger_update::stage_tarball(&downloaded.tarball, &staging.path().join("bin"))
         .with_context(|| format!("unpack {}", downloaded.tarball.display()))?;
     sanity_check(&staged, &release.version)?;
@@ -133,9 +131,16 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<u8> {
     let mut swap = banger_install::swap::Swap::new(banger_install::swap::PREVIOUS_SUFFIX);
     if let Err(e) = swap.replace_all(&sources) {
         let rb = swap.rollback();
-        bail!("replace the binaries: {e:#}{}", rollback_note(rb.err(), None));
+        bail!(
+            "replace the binaries: {e:#}{}",
+            rollback_note(rb.err(), None)
+        );
     }
-    eprintln!("restarting {} and {} ...", sys::HELPER_UNIT, sys::DAEMON_UNIT);
+    eprintln!(
+        "restarting {} and {} ...",
+        sys::HELPER_UNIT,
+        sys::DAEMON_UNIT
+    );
     let after = async {
         system::restart_services(Some(&release.version)).await?;
         run_new_doctor()
@@ -154,7 +159,10 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<u8> {
     let info = match system::binary_build_info(Path::new(sys::BANGER_BIN)) {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("warning: {e:#}; recording {} with an unknown commit", release.version);
+            eprintln!(
+                "warning: {e:#}; recording {} with an unknown commit",
+                release.version
+            );
             banger_install::install_meta::BuildInfo {
                 version: release.version.clone(),
                 commit: "unknown".into(),
@@ -166,11 +174,17 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<u8> {
     if let Err(e) = swap.cleanup_backups() {
         eprintln!("warning: {e:#}");
     }
-    println!("updated {current} -> {} (commit {})", info.version, info.commit);
+    println!(
+        "updated {current} -> {} (commit {})",
+        info.version, info.commit
+    );
     Ok(0)
 }
 
-fn rollback_note(rollback: Option<impl std::fmt::Display>, restart: Option<anyhow::Error>) -> String {
+fn rollback_note(
+    rollback: Option<impl std::fmt::Display>,
+    restart: Option<anyhow::Error>,
+) -> String {
     match (rollback, restart) {
         (None, None) => " (rolled back to the previous install)".into(),
         (Some(e), _) => format!(
@@ -248,13 +262,14 @@ fn run_new_doctor() -> anyhow::Result<()> {
         .env("NO_COLOR", "1")
         .output()
         .with_context(|| format!("run {} doctor", sys::BANGER_BIN))?;
-    let report: banger_api::DoctorReport = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "the new doctor printed no report ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-    })?;
+    let report: banger_api::DoctorReport =
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "the new doctor printed no report ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })?;
     let failed: Vec<String> = report
         .checks
         .iter()

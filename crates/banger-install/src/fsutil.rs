@@ -1,9 +1,10 @@
-//! Small file operations shared by the modules: atomic writes.
+//! Small file operations shared by the modules: atomic writes and copies
+//! into a target's directory.
 
-use std::fs::{File, Permissions};
+use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The directory `path` lives in (`.` for a bare name).
 pub(crate) fn parent_dir(path: &Path) -> &Path {
@@ -45,10 +46,36 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<(
     sync_dir(parent_dir(path))
 }
 
+/// Copies `src` to a new temp file beside `target` (contents and permission
+/// bits, fsynced) and returns its path; the caller renames it into place
+/// or removes it.
+pub(crate) fn copy_beside(src: &Path, target: &Path, mode: Option<u32>) -> io::Result<PathBuf> {
+    let mut from = File::open(src)?;
+    let mode = match mode {
+        Some(m) => m,
+        None => from.metadata()?.permissions().mode() & 0o7777,
+    };
+    let mut tmp = temp_beside(target)?;
+    io::copy(&mut from, tmp.as_file_mut())?;
+    tmp.as_file()
+        .set_permissions(Permissions::from_mode(mode))?;
+    tmp.as_file().sync_all()?;
+    let path = tmp.into_temp_path().keep().map_err(|e| e.error)?;
+    Ok(path)
+}
+
+/// Removes `path` when it exists; true when something was removed.
+pub(crate) fn remove_file_if_exists(path: &Path) -> io::Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
 
     #[test]
     fn write_atomic_sets_mode_despite_umask_and_leaves_no_temp() {

@@ -11,6 +11,7 @@
 //! | [`install_meta`] | `/etc/banger/install.toml`: owner, build, install time |
 //! | [`units`] | the two unit files and the tmpfiles.d line, from validated values |
 //! | [`hardening`] | which required directives a unit file on disk lacks (doctor) |
+//! | [`swap`] | replacing files by rename, keeping `.previous` for rollback |
 //!
 //! Every function that touches the host takes a `root` prefix (normally `/`)
 //! or a path built from one ([`rooted`]), so tests install into a tempdir and
@@ -18,10 +19,12 @@
 //!
 //! Order matters to other processes: [`banger_paths::Layout`] switches every
 //! banger process to the system paths as soon as `install.toml` exists, so an
-//! install writes it last and an uninstall removes it first.
+//! install writes it last and an uninstall
+//! removes it first.
 
 pub mod hardening;
 pub mod install_meta;
+pub mod swap;
 pub mod units;
 
 mod fsutil;
@@ -30,6 +33,7 @@ use std::path::{Path, PathBuf};
 
 pub use banger_paths::system;
 pub use install_meta::{BuildInfo, InstallMeta, MetaError};
+pub use swap::{atomic_replace, rollback_replace, Swap, SwapError, BACKUP_SUFFIX};
 pub use units::{Owner, UnitError, UnitParams, VmmBins};
 
 /// `abs` (an absolute system path such as [`system::STATE_DIR`]) under

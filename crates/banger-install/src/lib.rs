@@ -12,6 +12,7 @@
 //! | [`units`] | the two unit files and the tmpfiles.d line, from validated values |
 //! | [`hardening`] | which required directives a unit file on disk lacks (doctor) |
 //! | [`swap`] | replacing files by rename, keeping `.previous` for rollback |
+//! | [`plan`] | every path an install creates; install steps and uninstall |
 //!
 //! Every function that touches the host takes a `root` prefix (normally `/`)
 //! or a path built from one ([`rooted`]), so tests install into a tempdir and
@@ -19,11 +20,12 @@
 //!
 //! Order matters to other processes: [`banger_paths::Layout`] switches every
 //! banger process to the system paths as soon as `install.toml` exists, so an
-//! install writes it last and an uninstall
+//! install writes it last ([`plan::InstallPlan::write_meta`]) and an uninstall
 //! removes it first.
 
 pub mod hardening;
 pub mod install_meta;
+pub mod plan;
 pub mod swap;
 pub mod units;
 
@@ -33,6 +35,7 @@ use std::path::{Path, PathBuf};
 
 pub use banger_paths::system;
 pub use install_meta::{BuildInfo, InstallMeta, MetaError};
+pub use plan::{Binary, InstallPlan, PlanError, UninstallOptions, UninstallReport};
 pub use swap::{atomic_replace, rollback_replace, Swap, SwapError, BACKUP_SUFFIX};
 pub use units::{Owner, UnitError, UnitParams, VmmBins};
 

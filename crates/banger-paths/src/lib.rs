@@ -252,7 +252,10 @@ mod tests {
         ]);
         assert!(!dev.system);
         assert_eq!(dev.state_dir, PathBuf::from("/s"));
-        let missing = layout(&[("HOME", "/home/u"), ("BANGER_INSTALL_FILE", "/nonexistent/x")]);
+        let missing = layout(&[
+            ("HOME", "/home/u"),
+            ("BANGER_INSTALL_FILE", "/nonexistent/x"),
+        ]);
         assert!(!missing.system);
         assert_eq!(
             missing.helper_socket(),

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use banger_api::{CheckStatus, DaemonStatus, DoctorCheck};
 use banger_client::Client;
-use banger_install::install_meta::{BuildInfo, InstallMeta};
+use banger_install::install_meta::{self, BuildInfo, InstallMeta};
+use banger_install::plan::{Binary, InstallPlan, UninstallOptions};
+use banger_install::swap::{Swap, BACKUP_SUFFIX};
+use banger_install::units::{self, UnitParams};
 use banger_paths::{system as sys, Layout};
 use clap::{Args, Subcommand};
 
@@ -60,16 +63,6 @@ pub struct UninstallArgs {
     /// helper's cgroup left behind; delete them first instead).
     #[arg(long)]
     pub force: bool,
-}
-
-/// Where install puts each of the four binaries.
-pub fn targets() -> [(&'static str, &'static str); 4] {
-    [
-        ("banger-agent", sys::AGENT_BIN),
-        ("banger-helper", sys::HELPER_BIN),
-        ("bangerd", sys::BANGERD_BIN),
-        ("banger", sys::BANGER_BIN),
-    ]
 }
 
 fn euid() -> u32 {
@@ -185,16 +178,12 @@ pub fn binary_build_info(banger_bin: &Path) -> anyhow::Result<BuildInfo> {
         bail!("{} version failed ({})", banger_bin.display(), out.status);
     }
     let info = banger_update::parse_version_output(&String::from_utf8_lossy(&out.stdout))
-        .with_context(|| format!("read {} version", banger_bin.display()))?;
+        .with_context(|| format!("read the output of {} version", banger_bin.display()))?;
     Ok(BuildInfo {
         version: info.version,
         commit: info.commit,
         built_at: info.built_at,
     })
-}
-
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 pub async fn install(args: InstallArgs) -> anyhow::Result<u8> {
@@ -213,49 +202,76 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<u8> {
             .context("this banger has no parent directory")?,
     };
     let mut sources = Vec::new();
-    for (name, dst) in targets() {
-        let src = from.join(name);
+    for b in Binary::ALL {
+        let src = from.join(b.file_name());
         if !src.is_file() {
             bail!(
                 "{} missing: --from must hold banger, bangerd, banger-helper and banger-agent (scripts/build puts them in build/bin)",
                 src.display()
             );
         }
-        sources.push((src, PathBuf::from(dst)));
+        sources.push((b, src));
     }
     let settings = banger_paths::Settings::from_env(Path::new(sys::CONFIG_FILE))?;
-    let params = banger_install::units::UnitParams {
-        owner_user: owner.name.clone(),
-        owner_uid: owner.uid,
-        owner_gid: owner.gid,
-        owner_home: owner.home.clone(),
-        firecracker_bin: settings.firecracker_bin.clone(),
-        jailer_bin: settings.jailer_bin.clone(),
-    };
-    let root = Path::new("/");
+    let qemu = which(banger_vmm::qemu::DEFAULT_QEMU_BIN).with_context(|| {
+        format!(
+            "{} not found on PATH; install qemu-system-x86 first",
+            banger_vmm::qemu::DEFAULT_QEMU_BIN
+        )
+    })?;
+    let params = UnitParams::new(
+        units::Owner {
+            user: owner.name.clone(),
+            uid: owner.uid,
+            gid: owner.gid,
+            home: owner.home.clone(),
+        },
+        units::VmmBins {
+            firecracker: settings.firecracker_bin.clone(),
+            jailer: settings.jailer_bin.clone(),
+            qemu,
+        },
+    )?;
+    let plan = InstallPlan::new("/");
     eprintln!("installing banger for {} (uid {})", owner.name, owner.uid);
-    banger_install::plan::create_dirs(root, owner.uid, owner.gid)?;
-    banger_install::plan::install_binaries(root, &sources)?;
-    banger_install::plan::write_units(root, &params)?;
-    let build = binary_build_info(Path::new(sys::BANGER_BIN))?;
-    let installed_at = InstallMeta::read(Path::new(sys::INSTALL_FILE))
-        .map(|m| m.installed_at)
-        .unwrap_or_else(|_| now_rfc3339());
-    InstallMeta {
-        owner_user: owner.name.clone(),
-        owner_uid: owner.uid,
-        owner_gid: owner.gid,
-        owner_home: owner.home.clone(),
-        version: build.version.clone(),
-        commit: build.commit,
-        built_at: build.built_at,
-        installed_at,
+    plan.create_dirs(owner.uid, owner.gid)?;
+    let mut swap = Swap::new(BACKUP_SUFFIX)?;
+    let staged: Vec<(Binary, &Path)> = sources.iter().map(|(b, p)| (*b, p.as_path())).collect();
+    let placed = plan
+        .install_binaries(&mut swap, &staged)
+        .and_then(|()| plan.install_units(&mut swap, &params));
+    if let Err(e) = placed {
+        let rb = swap.rollback();
+        bail!("install files: {e}{}", rb.err().map(|r| format!("; rollback: {r}")).unwrap_or_default());
     }
-    .write(Path::new(sys::INSTALL_FILE))?;
-    run_tool("systemd-tmpfiles", &["--create", sys::TMPFILES_FILE])?;
-    systemctl(&["daemon-reload"])?;
-    systemctl(&["enable", sys::HELPER_UNIT, sys::DAEMON_UNIT])?;
-    let st = restart_services(Some(&build.version)).await?;
+    let started = async {
+        let build = binary_build_info(Path::new(sys::BANGER_BIN))?;
+        let installed_at = plan
+            .read_meta()
+            .map(|m| m.installed_at)
+            .unwrap_or_else(|_| install_meta::rfc3339_utc(std::time::SystemTime::now()));
+        let mut meta = InstallMeta::new(params.owner(), &build);
+        meta.installed_at = installed_at;
+        plan.write_meta(&meta)?;
+        run_tool("systemd-tmpfiles", &["--create", sys::TMPFILES_FILE])?;
+        systemctl(&["daemon-reload"])?;
+        systemctl(&["enable", sys::HELPER_UNIT, sys::DAEMON_UNIT])?;
+        let st = restart_services(Some(&build.version)).await?;
+        anyhow::Ok((build, st))
+    }
+    .await;
+    let (build, st) = match started {
+        Ok(v) => v,
+        Err(e) => {
+            // Put back what this install replaced; a first install keeps its
+            // files so `journalctl -u` and a re-run can explain the failure.
+            let _ = swap.rollback();
+            return Err(e.context("install failed; the previous binaries and units are back"));
+        }
+    };
+    if let Err(e) = swap.cleanup_backups() {
+        eprintln!("warning: {e}");
+    }
     println!("installed {} for {}", build.version, owner.name);
     print!(
         "{}",
@@ -277,6 +293,18 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<u8> {
         )
     );
     Ok(0)
+}
+
+/// `tool` on PATH (or /usr/sbin, /sbin), as an absolute path.
+fn which(tool: &str) -> Option<PathBuf> {
+    if tool.starts_with('/') {
+        return Path::new(tool).is_file().then(|| tool.into());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin".into(), "/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_absolute() && p.is_file())
 }
 
 pub async fn status(json: bool) -> anyhow::Result<u8> {
@@ -360,17 +388,16 @@ pub async fn uninstall(args: UninstallArgs) -> anyhow::Result<u8> {
         // Missing units are fine: uninstall finishes what it can.
         let _ = systemctl(&["disable", "--now", unit]);
     }
-    let removed = banger_install::plan::uninstall(Path::new("/"), args.purge)?;
+    let report = InstallPlan::new("/").uninstall(UninstallOptions { purge: args.purge })?;
     let _ = systemctl(&["daemon-reload"]);
-    for p in &removed {
+    for p in &report.removed {
         println!("removed {}", p.display());
     }
-    if !args.purge {
-        println!(
-            "kept {} and {} (use --purge to remove them)",
-            sys::STATE_DIR,
-            sys::ETC_DIR
-        );
+    for k in &report.kept {
+        println!("kept    {} ({})", k.path.display(), k.reason);
+    }
+    if !args.purge && !report.kept.is_empty() {
+        println!("(sudo banger system uninstall --purge removes those too)");
     }
     Ok(0)
 }

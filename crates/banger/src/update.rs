@@ -17,6 +17,9 @@ use banger_client::Client;
 use banger_paths::{system as sys, Layout};
 use clap::Args;
 
+use banger_install::plan::{Binary, InstallPlan};
+use banger_install::swap::{Swap, BACKUP_SUFFIX};
+
 use crate::system::{self, require_root};
 
 #[derive(Args, Debug)]
@@ -123,18 +126,15 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<u8> {
     }
 
     let sources = [
-        (staged.agent.clone(), PathBuf::from(sys::AGENT_BIN)),
-        (staged.helper.clone(), PathBuf::from(sys::HELPER_BIN)),
-        (staged.bangerd.clone(), PathBuf::from(sys::BANGERD_BIN)),
-        (staged.banger.clone(), PathBuf::from(sys::BANGER_BIN)),
+        (Binary::Agent, staged.agent.as_path()),
+        (Binary::Helper, staged.helper.as_path()),
+        (Binary::Bangerd, staged.bangerd.as_path()),
+        (Binary::Banger, staged.banger.as_path()),
     ];
-    let mut swap = banger_install::swap::Swap::new(banger_install::swap::PREVIOUS_SUFFIX);
-    if let Err(e) = swap.replace_all(&sources) {
+    let mut swap = Swap::new(BACKUP_SUFFIX)?;
+    if let Err(e) = InstallPlan::new("/").install_binaries(&mut swap, &sources) {
         let rb = swap.rollback();
-        bail!(
-            "replace the binaries: {e:#}{}",
-            rollback_note(rb.err(), None)
-        );
+        bail!("replace the binaries: {e}{}", rollback_note(rb.err(), None));
     }
     eprintln!(
         "restarting {} and {} ...",
@@ -172,7 +172,7 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<u8> {
     };
     banger_install::install_meta::update_build_info(Path::new(sys::INSTALL_FILE), &info)?;
     if let Err(e) = swap.cleanup_backups() {
-        eprintln!("warning: {e:#}");
+        eprintln!("warning: {e}");
     }
     println!(
         "updated {current} -> {} (commit {})",

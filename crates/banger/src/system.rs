@@ -98,15 +98,29 @@ fn run_tool(tool: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `systemctl is-active UNIT` as a word ("active", "failed", ...).
+/// `systemctl is-active UNIT` as a word ("active", "failed", ...). Where
+/// systemctl cannot be asked (no D-Bus for a non-root user), a unit counts
+/// as active when its socket accepts a connection.
 pub fn unit_state(unit: &str) -> String {
-    Command::new("systemctl")
+    let asked = Command::new("systemctl")
         .args(["is-active", unit])
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
+        .filter(|s| !s.is_empty());
+    if let Some(state) = asked {
+        return state;
+    }
+    let sock = if unit == sys::HELPER_UNIT {
+        PathBuf::from(sys::HELPER_SOCKET)
+    } else {
+        Layout::system().daemon_socket()
+    };
+    if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+        "active".into()
+    } else {
+        format!("unknown (systemctl could not be asked; nothing answers on {})", sock.display())
+    }
 }
 
 /// Restarts the helper, then the daemon, and waits until the daemon

@@ -65,15 +65,7 @@ pub async fn report(d: &Shared) -> DoctorReport {
             None => check(tool, CheckStatus::Fail, format!("not found; install {pkg}")),
         });
     }
-    checks.push(if Path::new("/dev/net/tun").exists() {
-        check("tun device", CheckStatus::Pass, "/dev/net/tun")
-    } else {
-        check(
-            "tun device",
-            CheckStatus::Fail,
-            "/dev/net/tun missing; load the tun module (modprobe tun)",
-        )
-    });
+    checks.push(tun_check());
     checks.push(match d.helper.ping("").await {
         Ok(v) => check(
             "root helper",
@@ -122,6 +114,29 @@ pub async fn report(d: &Shared) -> DoctorReport {
     });
     checks.push(crate::dns::doctor_check(d));
     DoctorReport { checks }
+}
+
+/// QEMU runs as the daemon's user and opens /dev/net/tun itself for its
+/// tap, so that user must be able to open it (Debian's default is 0666).
+fn tun_check() -> DoctorCheck {
+    let path = Path::new("/dev/net/tun");
+    if !path.exists() {
+        return check(
+            "tun device",
+            CheckStatus::Fail,
+            "/dev/net/tun missing; load the tun module (modprobe tun)",
+        );
+    }
+    match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+        Ok(_) => check("tun device", CheckStatus::Pass, "/dev/net/tun"),
+        Err(e) => check(
+            "tun device",
+            CheckStatus::Fail,
+            format!(
+                "cannot open /dev/net/tun as this user ({e}); QEMU runs as this user and needs it: sudo chmod 0666 /dev/net/tun (the usual mode)"
+            ),
+        ),
+    }
 }
 
 /// Firecracker's version, the jailer, and which VMM new VMs get.

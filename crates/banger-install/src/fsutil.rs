@@ -164,7 +164,11 @@ fn remove_walk(dir: &Path, dev: u64) -> Result<(), TreeError> {
         let entry = entry.map_err(io_err(dir))?;
         let path = entry.path();
         let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
-        if meta.dev() != dev {
+        // Directories only: on overlayfs a plain file reports the device of
+        // the layer it lives in, not the overlay's. A file bind-mounted over
+        // another is in mountinfo (checked up front), and unlinking a mount
+        // point fails with EBUSY anyway.
+        if meta.is_dir() && meta.dev() != dev {
             return Err(TreeError::Mounted(path));
         }
         if meta.is_dir() {

@@ -119,7 +119,10 @@ pub fn unit_state(unit: &str) -> String {
     if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
         "active".into()
     } else {
-        format!("unknown (systemctl could not be asked; nothing answers on {})", sock.display())
+        format!(
+            "unknown (systemctl could not be asked; nothing answers on {})",
+            sock.display()
+        )
     }
 }
 
@@ -149,6 +152,12 @@ pub async fn wait_daemon_ready(
                 return Ok(st)
             }
             Ok(st) => last = format!("it answers as {}", st.version),
+            Err(banger_client::ClientError::Unreachable { .. }) => {
+                last = format!(
+                    "nothing answers on {}",
+                    Layout::system().daemon_socket().display()
+                )
+            }
             Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -256,7 +265,12 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<u8> {
         .and_then(|()| plan.install_units(&mut swap, &params));
     if let Err(e) = placed {
         let rb = swap.rollback();
-        bail!("install files: {e}{}", rb.err().map(|r| format!("; rollback: {r}")).unwrap_or_default());
+        bail!(
+            "install files: {e}{}",
+            rb.err()
+                .map(|r| format!("; rollback: {r}"))
+                .unwrap_or_default()
+        );
     }
     let started = async {
         let build = binary_build_info(Path::new(sys::BANGER_BIN))?;
@@ -602,4 +616,72 @@ fn version_check(meta: &InstallMeta) -> DoctorCheck {
         );
     }
     check("banger version", CheckStatus::Pass, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(version: &str, commit: &str) -> InstallMeta {
+        InstallMeta {
+            owner_user: "alice".into(),
+            owner_uid: 1000,
+            owner_gid: 1000,
+            owner_home: "/home/alice".into(),
+            version: version.into(),
+            commit: commit.into(),
+            built_at: "2026-11-01T00:00:00Z".into(),
+            installed_at: "2026-11-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn outside_system_mode_doctor_has_one_warning_about_trust() {
+        let mut layout = Layout::from_lookup(|k| {
+            (k == "BANGER_STATE_DIR").then(|| PathBuf::from("/nonexistent/state"))
+        });
+        layout.system = false;
+        let rows = doctor_checks(&layout);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].status, CheckStatus::Warn);
+        assert!(rows[0].detail.contains("outside the system install"));
+        assert!(rows[0].detail.contains("docs/privileges.md"));
+    }
+
+    #[test]
+    fn version_drift_warns_except_for_dev_builds() {
+        // This test binary is a development build: never compared.
+        let row = version_check(&meta("v9.9.9", "abc"));
+        if banger_buildinfo::is_dev(banger_buildinfo::VERSION) {
+            assert_eq!(row.status, CheckStatus::Pass);
+            assert!(row.detail.contains("dev build"), "{}", row.detail);
+        } else {
+            assert_eq!(row.status, CheckStatus::Warn);
+        }
+        let dev_install = version_check(&meta("v0.1.0-dev", "abc"));
+        assert_eq!(dev_install.status, CheckStatus::Pass);
+    }
+
+    #[test]
+    fn socket_check_wants_a_0600_socket_of_the_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let me = euid();
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(socket_check("s", &sock, me).status, CheckStatus::Pass);
+        assert_eq!(socket_check("s", &sock, me + 1).status, CheckStatus::Fail);
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let row = socket_check("s", &sock, me);
+        assert_eq!(row.status, CheckStatus::Fail);
+        assert!(row.detail.contains("666"), "{}", row.detail);
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"").unwrap();
+        assert!(socket_check("s", &file, me).detail.contains("not a socket"));
+        assert_eq!(
+            socket_check("s", &dir.path().join("missing"), me).status,
+            CheckStatus::Fail
+        );
+    }
 }

@@ -224,6 +224,20 @@ impl DebianBuild {
             if let Some(msg) = line.strip_prefix("I: ") {
                 progress(msg);
             }
+        })
+        .map_err(|e| {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            if unsafe { libc::geteuid() } == 0 {
+                return ImageError::from(e);
+            }
+            // Unprivileged mmdebstrap needs user namespaces with subordinate
+            // ids (newuidmap, setuid), which a hardened service cannot use.
+            ImageError::Invalid(format!(
+                "{e}; building a Debian image as a non-root user needs mmdebstrap's unshare mode \
+                 (an /etc/subuid range and the setuid newuidmap), which the system service's \
+                 NoNewPrivileges forbids: pull or import an image instead (banger image pull), \
+                 or build it on a development host (banger daemon start as root)"
+            ))
         })?;
         progress("installing banger-agent and boot settings");
         customize_tree(&tree, &self.agent_bin)?;

@@ -207,11 +207,7 @@ async fn refuse_if_busy() -> anyhow::Result<()> {
         // A daemon that does not answer has nothing in flight to lose.
         Err(_) => return Ok(()),
     };
-    let busy: Vec<String> = ops
-        .iter()
-        .filter(|o| !o.done)
-        .map(|o| format!("{} {} ({})", o.kind, o.target, o.id))
-        .collect();
+    let busy = busy_ops(&ops);
     if !busy.is_empty() {
         bail!(
             "operations in flight: {}; wait for them (banger operations) or pass --force",
@@ -219,6 +215,14 @@ async fn refuse_if_busy() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The operations a restart would cut off, as `kind target (id)`.
+fn busy_ops(ops: &[OperationInfo]) -> Vec<String> {
+    ops.iter()
+        .filter(|o| !o.done)
+        .map(|o| format!("{} {} ({})", o.kind, o.target, o.id))
+        .collect()
 }
 
 /// Runs the staged binaries before anything is replaced: the CLI must say
@@ -280,4 +284,37 @@ fn run_new_doctor() -> anyhow::Result<()> {
         bail!("the new install's doctor fails: {}", failed.join("; "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(id: &str, done: bool) -> OperationInfo {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "kind": "vm.create", "target": "box", "stage": "boot",
+            "stages": [], "done": done, "started_at": 0, "elapsed_ms": 0
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_unfinished_operations_block_an_update() {
+        assert!(busy_ops(&[op("op-1", true)]).is_empty());
+        assert_eq!(
+            busy_ops(&[op("op-1", true), op("op-2", false)]),
+            ["vm.create box (op-2)"]
+        );
+    }
+
+    #[test]
+    fn rollback_note_says_what_happened() {
+        assert!(rollback_note(None::<String>, None).contains("rolled back"));
+        assert!(rollback_note(Some("disk full"), None).contains("ROLLBACK FAILED"));
+        let n = rollback_note(None::<String>, Some(anyhow::anyhow!("unit failed")));
+        assert!(
+            n.contains("restarting them failed") && n.contains("unit failed"),
+            "{n}"
+        );
+    }
 }

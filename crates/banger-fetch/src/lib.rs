@@ -483,3 +483,6 @@ fn resolve_redirect(base: &str, location: &str) -> Result<String, FetchError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

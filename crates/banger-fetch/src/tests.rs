@@ -1,120 +1,13 @@
 use super::*;
 
 use std::sync::Mutex;
-use tokio::net::TcpListener;
 
-/// What the loopback server does for one request.
-enum Reply {
-    /// Write these bytes (head and body) and close.
-    Raw(Vec<u8>),
-    /// Write these bytes, then hold the connection open without sending more.
-    Hang(Vec<u8>),
-}
-
-fn ok_with_length(body: &[u8]) -> Reply {
-    let mut r = format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    r.extend_from_slice(body);
-    Reply::Raw(r)
-}
-
-/// A response whose `Content-Length` says `claimed` but whose body is `body`.
-fn lying_length(claimed: usize, body: &[u8]) -> Reply {
-    let mut r =
-        format!("HTTP/1.1 200 OK\r\nContent-Length: {claimed}\r\nConnection: close\r\n\r\n")
-            .into_bytes();
-    r.extend_from_slice(body);
-    Reply::Raw(r)
-}
-
-fn status(code: u16, extra: &str) -> Reply {
-    Reply::Raw(
-        format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n{extra}\r\n")
-            .into_bytes(),
-    )
-}
-
-fn close_delimited(body: &[u8]) -> Reply {
-    let mut r = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
-    r.extend_from_slice(body);
-    Reply::Raw(r)
-}
-
-fn chunked(chunk: &[u8], count: usize) -> Reply {
-    let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    for _ in 0..count {
-        r.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-        r.extend_from_slice(chunk);
-        r.extend_from_slice(b"\r\n");
-    }
-    r.extend_from_slice(b"0\r\n\r\n");
-    Reply::Raw(r)
-}
-
-/// A tiny HTTP/1.1 responder on 127.0.0.1:0; returns its base URL.
-async fn serve(handler: impl Fn(&str) -> Reply + Send + Sync + 'static) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let handler = Arc::new(handler);
-    tokio::spawn(async move {
-        loop {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = conn.read(&mut buf).await.unwrap();
-                    if n == 0 {
-                        return;
-                    }
-                    req.extend_from_slice(&buf[..n]);
-                    if req[0] == 0x16 {
-                        // A TLS ClientHello: answer in plain text and close.
-                        let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
-                        let _ = conn.shutdown().await;
-                        return;
-                    }
-                }
-                let line = String::from_utf8_lossy(&req);
-                let path = line.split(' ').nth(1).unwrap_or("/").to_string();
-                match handler(&path) {
-                    Reply::Raw(bytes) => {
-                        let _ = conn.write_all(&bytes).await;
-                        let _ = conn.shutdown().await;
-                    }
-                    Reply::Hang(bytes) => {
-                        let _ = conn.write_all(&bytes).await;
-                        tokio::time::sleep(Duration::from_secs(120)).await;
-                    }
-                }
-            });
-        }
-    });
-    base
-}
+use crate::testkit::{
+    chunked, close_delimited, dest, listing, lying_length, ok_with_length, serve, status, Reply,
+};
 
 fn sha(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
-}
-
-/// A destination dir holding one unrelated file.
-fn dest() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("keep.txt"), b"keep").unwrap();
-    d
-}
-
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// The catalog's way of downloading: size known, so the cap is the size.

@@ -122,6 +122,7 @@ pub fn check_init(init: &str) -> Result<(), ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use banger_fetch::testkit::listing;
 
     fn manifest() -> Manifest {
         Manifest {
@@ -171,15 +172,6 @@ mod tests {
             size: data.len() as u64,
             description: String::new(),
         }
-    }
-
-    fn listing(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
     }
 
     #[tokio::test]

@@ -378,22 +378,10 @@ impl InstallPlan {
                 return Err(PlanError::DuplicateBinary(b.file_name()));
             }
         }
-        let mut staged = Vec::new();
-        for &(b, src) in sources {
-            let dst = self.binary_path(b);
-            let res = ensure_parent(&dst).and_then(|()| {
-                fsutil::copy_beside(src, &dst, Some(BINARY_MODE))
-                    .map_err(io_err("stage a copy of", src))
-            });
-            match res {
-                Ok(tmp) => staged.push((tmp, dst)),
-                Err(e) => {
-                    remove_staged(&staged);
-                    return Err(e);
-                }
-            }
-        }
-        swap_staged(swap, staged)
+        let targets = sources.iter().map(|&(b, src)| (self.binary_path(b), src));
+        stage_and_swap(swap, targets, |dst, src| {
+            fsutil::copy_beside(src, dst, Some(BINARY_MODE)).map_err(io_err("stage a copy of", src))
+        })
     }
 
     /// Renders both units and the tmpfiles entry, stages them (0644)
@@ -404,21 +392,10 @@ impl InstallPlan {
             (self.daemon_unit_path(), units::render_daemon_unit(params)),
             (self.tmpfiles_path(), units::render_tmpfiles(params)),
         ];
-        let mut staged = Vec::new();
-        for (dst, text) in files {
-            let res = ensure_parent(&dst).and_then(|()| {
-                fsutil::stage_bytes(&dst, text.as_bytes(), UNIT_MODE)
-                    .map_err(io_err("stage the new", &dst))
-            });
-            match res {
-                Ok(tmp) => staged.push((tmp, dst)),
-                Err(e) => {
-                    remove_staged(&staged);
-                    return Err(e);
-                }
-            }
-        }
-        swap_staged(swap, staged)
+        stage_and_swap(swap, files, |dst, text| {
+            fsutil::stage_bytes(dst, text.as_bytes(), UNIT_MODE)
+                .map_err(io_err("stage the new", dst))
+        })
     }
 
     /// Writes `install.toml` (atomically, 0644): the last install step.
@@ -530,6 +507,28 @@ fn remove_staged(staged: &[(PathBuf, PathBuf)]) {
     for (tmp, _) in staged {
         let _ = fs::remove_file(tmp);
     }
+}
+
+/// Stages a new file beside each target (`stage(target, what)` returns the
+/// staged path; the target's parent is created first), then replaces the
+/// targets through `swap` in order. If staging fails, the files already
+/// staged are removed and nothing is replaced.
+fn stage_and_swap<T>(
+    swap: &mut Swap,
+    targets: impl IntoIterator<Item = (PathBuf, T)>,
+    mut stage: impl FnMut(&Path, T) -> Result<PathBuf, PlanError>,
+) -> Result<(), PlanError> {
+    let mut staged = Vec::new();
+    for (dst, what) in targets {
+        match ensure_parent(&dst).and_then(|()| stage(&dst, what)) {
+            Ok(tmp) => staged.push((tmp, dst)),
+            Err(e) => {
+                remove_staged(&staged);
+                return Err(e);
+            }
+        }
+    }
+    swap_staged(swap, staged)
 }
 
 /// Replaces each target with its staged file through `swap`; on the first

@@ -118,7 +118,8 @@ fn file_name_of(url: &str) -> Result<&str, UpdateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{listing, release_entries, tarball, Server, Signer};
+    use crate::testkit::{release_entries, tarball, Server, Signer};
+    use banger_fetch::testkit::listing;
     use sha2::{Digest, Sha256};
 
     const TARBALL: &str = "banger-v0.2.0-x86_64-linux.tar.gz";

@@ -179,7 +179,8 @@ fn unpack(file: std::fs::File, tarball: &Path, dest: &Path, cap: u64) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{file, listing, release_entries, special, tarball, Entry};
+    use crate::testkit::{file, release_entries, special, tarball, Entry};
+    use banger_fetch::testkit::listing;
     use std::os::unix::fs::MetadataExt;
 
     fn write_tarball(dir: &Path, entries: &[Entry]) -> PathBuf {

@@ -1,6 +1,6 @@
 //! Test helpers: keys and signatures made by the real `openssl` CLI (the
 //! release script signs with it, so these tests pin openssl/cosign
-//! compatibility), release tarballs, and a loopback HTTP server.
+//! compatibility), release tarballs, and a loopback HTTP server serving them.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use banger_fetch::testkit::{ok_with_length, serve, status};
 
 fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
     let out = Command::new("openssl")
@@ -155,64 +155,28 @@ pub fn tarball(entries: &[Entry]) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
-pub fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-/// A loopback HTTP/1.1 server answering GETs from a path → body map (404
-/// otherwise) and counting requests per path.
+/// A loopback HTTP/1.1 server (on [`banger_fetch::testkit::serve`])
+/// answering GETs from a path → body map (404 otherwise) and counting
+/// requests per path.
 pub struct Server {
     pub base: String,
-    pub files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
-    pub hits: Arc<Mutex<HashMap<String, usize>>>,
+    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Server {
     pub async fn start() -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
         let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let (f, h) = (files.clone(), hits.clone());
-        tokio::spawn(async move {
-            loop {
-                let (mut conn, _) = listener.accept().await.unwrap();
-                let (f, h) = (f.clone(), h.clone());
-                tokio::spawn(async move {
-                    let mut req = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => req.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let text = String::from_utf8_lossy(&req);
-                    let path = text.split(' ').nth(1).unwrap_or("/").to_string();
-                    *h.lock().unwrap().entry(path.clone()).or_default() += 1;
-                    let body = f.lock().unwrap().get(&path).cloned();
-                    let response = match body {
-                        Some(body) => {
-                            let mut r = format!(
-                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                                body.len()
-                            )
-                            .into_bytes();
-                            r.extend_from_slice(&body);
-                            r
-                        }
-                        None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
-                    };
-                    let _ = conn.write_all(&response).await;
-                    let _ = conn.shutdown().await;
-                });
+        let base = serve(move |path| {
+            *h.lock().unwrap().entry(path.to_string()).or_default() += 1;
+            match f.lock().unwrap().get(path) {
+                Some(body) => ok_with_length(body),
+                None => status(404, ""),
             }
-        });
+        })
+        .await;
         Server { base, files, hits }
     }
 

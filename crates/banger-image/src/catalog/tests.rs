@@ -94,6 +94,7 @@ fn parse_rejects_bad_names_and_zero_size() {
 
 // ---- downloads (the transfers themselves are tested in banger-fetch) ------
 
+use banger_fetch::testkit::{close_delimited, dest, listing, ok_with_length, serve};
 use sha2::{Digest, Sha256};
 
 fn entry_for(url: &str, data: &[u8]) -> CatalogEntry {
@@ -106,22 +107,6 @@ fn entry_for(url: &str, data: &[u8]) -> CatalogEntry {
         size: data.len() as u64,
         description: String::new(),
     }
-}
-
-/// A destination dir holding one unrelated file.
-fn dest() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("keep.txt"), b"keep").unwrap();
-    d
-}
-
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 async fn download(entry: &CatalogEntry, dir: &Path) -> Result<PathBuf, CatalogError> {
@@ -165,6 +150,34 @@ async fn download_uses_the_entry_size_and_sha() {
         "{e}"
     );
     assert_eq!(listing(dir.path()), before);
+}
+
+#[tokio::test]
+async fn download_over_http_is_capped_at_the_entry_size() {
+    let base = serve(|path| match path {
+        "/good" => ok_with_length(b"good"),
+        // No length to refuse up front: the entry's size stops the body.
+        _ => close_delimited(&[b'x'; 5000]),
+    })
+    .await;
+    let dir = dest();
+    let path = download(&entry_for(&format!("{base}/good"), b"good"), dir.path())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), b"good");
+
+    let dir = dest();
+    let e = download(&entry_for(&format!("{base}/more"), b"good"), dir.path())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CatalogError::Fetch(FetchError::CapExceeded { cap: 4, .. })
+        ),
+        "{e}"
+    );
+    assert_eq!(listing(dir.path()), ["keep.txt"]);
 }
 
 #[tokio::test]

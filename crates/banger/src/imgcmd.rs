@@ -76,7 +76,7 @@ pub struct PullArgs {
     #[arg(long)]
     name: Option<String>,
     /// Kernel-store kernel the image boots (OCI images).
-    #[arg(long)]
+    #[arg(long, add = crate::complete::kernels())]
     kernel: Option<String>,
     /// Talk plain http to this registry (a local test registry).
     #[arg(long)]
@@ -95,14 +95,17 @@ pub struct PullArgs {
 #[derive(Args, Debug)]
 pub struct ImportArgs {
     /// An OCI layout directory or a docker archive (.tar).
+    #[arg(value_hint = clap::ValueHint::AnyPath)]
     path: String,
     #[arg(long)]
     name: Option<String>,
     /// Tag in an OCI layout (default `latest`).
     #[arg(long)]
     tag: Option<String>,
-    #[arg(long)]
+    /// Kernel-store kernel the image boots.
+    #[arg(long, add = crate::complete::kernels())]
     kernel: Option<String>,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -110,7 +113,9 @@ pub struct ImportArgs {
 #[derive(Args, Debug)]
 pub struct ImageName {
     /// Image name.
+    #[arg(add = crate::complete::images())]
     name: String,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -120,20 +125,21 @@ pub struct RegisterArgs {
     /// Name for the image.
     name: String,
     /// ext4 root filesystem image.
-    #[arg(long)]
+    #[arg(long, value_hint = clap::ValueHint::FilePath)]
     rootfs: String,
     /// Kernel file (bzImage or vmlinux).
-    #[arg(long, conflicts_with = "kernel_name")]
+    #[arg(long, conflicts_with = "kernel_name", value_hint = clap::ValueHint::FilePath)]
     kernel: Option<String>,
     /// initramfs for --kernel.
-    #[arg(long, requires = "kernel")]
+    #[arg(long, requires = "kernel", value_hint = clap::ValueHint::FilePath)]
     initrd: Option<String>,
     /// A kernel from the kernel store instead of --kernel.
-    #[arg(long)]
+    #[arg(long, add = crate::complete::kernels())]
     kernel_name: Option<String>,
     /// Directory whose files seed each VM's /root.
-    #[arg(long)]
+    #[arg(long, value_hint = clap::ValueHint::DirPath)]
     work_seed: Option<String>,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -153,7 +159,7 @@ pub enum KernelCmd {
     Catalog(JsonFlag),
     /// Download a kernel from the catalog.
     #[command(after_help = "Examples:\n  banger kernel catalog\n  banger kernel pull debian-6.1")]
-    Pull(KernelName),
+    Pull(CatalogKernelName),
     /// List installed kernels.
     #[command(alias = "ls")]
     List(JsonFlag),
@@ -171,7 +177,20 @@ pub enum KernelCmd {
 
 #[derive(Args, Debug)]
 pub struct KernelName {
+    /// Kernel name.
+    #[arg(add = crate::complete::kernels())]
     name: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CatalogKernelName {
+    /// A kernel the catalog offers (`banger kernel catalog`).
+    #[arg(add = crate::complete::catalog_kernels())]
+    name: String,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -181,8 +200,10 @@ pub struct KernelImportArgs {
     /// Name for the kernel.
     name: String,
     /// bzImage or ELF vmlinux file.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     vmlinuz: String,
-    #[arg(long)]
+    /// initramfs to boot with it.
+    #[arg(long, value_hint = clap::ValueHint::FilePath)]
     initrd: Option<String>,
     /// Replace a kernel of that name.
     #[arg(long)]

@@ -67,13 +67,17 @@ pub enum VmCmd {
 #[derive(Args, Debug)]
 pub struct NameArg {
     /// VM name.
+    #[arg(add = crate::complete::vms())]
     name: String,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct KillArgs {
+    /// VM name.
+    #[arg(add = crate::complete::vms())]
     name: String,
     /// Signal to send: KILL, TERM, INT, HUP, QUIT, USR1, USR2 or ABRT.
     #[arg(long, short = 's', default_value = "KILL")]
@@ -97,7 +101,7 @@ pub struct ShapeArgs {
     #[arg(long)]
     name: Option<String>,
     /// Image to boot (default: debian-bookworm, built on first use).
-    #[arg(long)]
+    #[arg(long, add = crate::complete::images())]
     image: Option<String>,
     /// Virtual CPUs.
     #[arg(long)]

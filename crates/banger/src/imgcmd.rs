@@ -64,6 +64,7 @@ pub struct BuildArgs {
     /// Rebuild even if the image exists.
     #[arg(long)]
     force: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -149,6 +150,7 @@ pub struct PruneCacheArgs {
     /// Only report what would be freed.
     #[arg(long)]
     dry_run: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -208,6 +210,7 @@ pub struct KernelImportArgs {
     /// Replace a kernel of that name.
     #[arg(long)]
     force: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -244,28 +247,33 @@ async fn finish_image_op(c: &Client, op: OperationInfo, json: bool) -> anyhow::R
 }
 
 fn print_image(i: &ImageInfo) {
-    let row = |k: &str, v: &str| println!("{k:<10} {v}");
-    row("name", &i.name);
-    row("source", &i.source);
-    row("rootfs", &format_size(i.rootfs_bytes));
-    match &i.kernel_name {
-        Some(k) => row("kernel", &format!("{k} (kernel store)")),
-        None => row("kernel", &i.kernel),
-    }
+    let mut rows = vec![
+        ("name", i.name.clone()),
+        ("source", i.source.clone()),
+        ("rootfs", format_size(i.rootfs_bytes)),
+        (
+            "kernel",
+            match &i.kernel_name {
+                Some(k) => format!("{k} (kernel store)"),
+                None => i.kernel.clone(),
+            },
+        ),
+    ];
     if let Some(init) = &i.init {
-        row("init", init);
+        rows.push(("init", init.clone()));
     }
-    row("dir", &i.dir);
+    rows.push(("dir", i.dir.clone()));
     if i.registered {
-        row(
+        rows.push((
             "files",
-            "registered in place (`banger image promote` copies them in)",
-        );
+            "registered in place (`banger image promote` copies them in)".into(),
+        ));
     }
     if !i.in_use_by.is_empty() {
-        row("used by", &i.in_use_by.join(", "));
+        rows.push(("used by", i.in_use_by.join(", ")));
     }
-    row("created", &ago(i.created_at));
+    rows.push(("created", ago(i.created_at)));
+    print!("{}", table::kv(&rows));
 }
 
 pub async fn image(layout: &Layout, cmd: ImageCmd) -> anyhow::Result<u8> {
@@ -415,20 +423,22 @@ pub async fn image(layout: &Layout, cmd: ImageCmd) -> anyhow::Result<u8> {
 }
 
 fn print_kernel(k: &KernelInfo) {
-    let row = |key: &str, v: &str| println!("{key:<10} {v}");
-    row("name", &k.name);
-    row("version", &k.version);
-    row("source", &k.source);
-    row("size", &format_size(k.bytes));
-    row("sha256", &k.sha256);
-    row("kernel", &k.vmlinuz);
+    let mut rows = vec![
+        ("name", k.name.clone()),
+        ("version", k.version.clone()),
+        ("source", k.source.clone()),
+        ("size", format_size(k.bytes)),
+        ("sha256", k.sha256.clone()),
+        ("kernel", k.vmlinuz.clone()),
+    ];
     if let Some(i) = &k.initrd {
-        row("initrd", i);
+        rows.push(("initrd", i.clone()));
     }
     if !k.in_use_by.is_empty() {
-        row("used by", &k.in_use_by.join(", "));
+        rows.push(("used by", k.in_use_by.join(", ")));
     }
-    row("created", &ago(k.created_at));
+    rows.push(("created", ago(k.created_at)));
+    print!("{}", table::kv(&rows));
 }
 
 pub async fn kernel(layout: &Layout, cmd: KernelCmd) -> anyhow::Result<u8> {

@@ -61,7 +61,8 @@ enum Cmd {
     /// Update a system install to a signed release; rolls back on failure.
     Update(update::UpdateArgs),
     /// Print the version, commit and build time.
-    Version,
+    #[command(after_help = "Examples:\n  banger version\n  banger version --json")]
+    Version(JsonFlag),
     /// Print banger's ssh_config include, or add it to ~/.ssh/config so
     /// `ssh <name>.vm` works.
     #[command(
@@ -93,7 +94,7 @@ enum DaemonCmd {
 
 #[derive(Args, Debug)]
 pub struct JsonFlag {
-    /// Print JSON instead of a table.
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -103,6 +104,7 @@ struct DoctorArgs {
     /// Show every check, not only warnings and failures.
     #[arg(short, long)]
     verbose: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -136,8 +138,16 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     let layout = banger_paths::Layout::from_env();
     match cli.cmd {
-        Cmd::Version => {
-            print!("{}", banger_buildinfo::version_block());
+        Cmd::Version(j) => {
+            if j.json {
+                vmcmd::print_json(&serde_json::json!({
+                    "version": banger_buildinfo::VERSION,
+                    "commit": banger_buildinfo::COMMIT,
+                    "built_at": banger_buildinfo::BUILT_AT,
+                }))?;
+            } else {
+                print!("{}", banger_buildinfo::version_block());
+            }
             Ok(0)
         }
         Cmd::Daemon(DaemonCmd::Start) => daemonctl::start(&layout, false).await.map(|_| 0),

@@ -64,6 +64,7 @@ pub struct PrepareArgs {
     /// List what would ship and stop; does not need the VM.
     #[arg(long)]
     dry_run: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }

@@ -72,7 +72,7 @@ enum Cmd {
     /// Print the shell completion script (VM, image and kernel names
     /// complete from the running daemon).
     #[command(
-        after_help = "Add one line to your shell's startup file:\n  bash (~/.bashrc):  source <(banger completion bash)\n  zsh  (~/.zshrc):   source <(banger completion zsh)     # after compinit\n  fish:              echo 'banger completion fish | source' > ~/.config/fish/completions/banger.fish\n\nThe script calls back into banger on every TAB, so it never goes stale;\nopen a new shell after upgrading banger.\n\nExamples:\n  banger completion bash >/dev/null && echo ok\n  source <(banger completion bash); banger vm exec <TAB>"
+        after_help = "Add one line to your shell's startup file:\n  bash (~/.bashrc):  source <(banger completion bash)\n  zsh  (~/.zshrc):   source <(banger completion zsh)     # after compinit\n  fish:              echo 'banger completion fish | source' > ~/.config/fish/completions/banger.fish\n\nThe script calls back into banger on every TAB, so it never goes stale;\nopen a new shell after upgrading banger.\n\nExamples:\n  source <(banger completion bash)   # this shell only\n  banger vm exec <TAB>               # then: your VMs' names"
     )]
     Completion(complete::CompletionArgs),
     /// Print banger's man page, or write one page per command with --out.

@@ -230,6 +230,19 @@ pub async fn stop(layout: &Layout) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `daemon status` for people: the same key/value view as `vm show`.
+fn status_view(st: &DaemonStatus) -> String {
+    crate::table::kv(&[
+        ("bangerd", format!("running (pid {})", st.pid)),
+        ("version", st.version.clone()),
+        ("socket", st.socket.clone()),
+        ("helper socket", st.helper_socket.clone()),
+        ("state dir", st.state_dir.clone()),
+        ("running vms", st.vms_running.to_string()),
+        ("dns (.vm)", st.dns.clone().unwrap_or_else(|| "off".into())),
+    ])
+}
+
 pub async fn status(layout: &Layout, json: bool) -> anyhow::Result<bool> {
     let client = Client::new(layout.daemon_socket());
     match daemon_up(&client).await {
@@ -237,13 +250,7 @@ pub async fn status(layout: &Layout, json: bool) -> anyhow::Result<bool> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else {
-                println!("bangerd running (pid {})", st.pid);
-                println!("{}", st.version);
-                println!("socket        {}", st.socket);
-                println!("helper socket {}", st.helper_socket);
-                println!("state dir     {}", st.state_dir);
-                println!("running vms   {}", st.vms_running);
-                println!("dns (.vm)     {}", st.dns.as_deref().unwrap_or("off"));
+                print!("{}", status_view(&st));
             }
             Ok(true)
         }
@@ -258,5 +265,33 @@ pub async fn status(layout: &Layout, json: bool) -> anyhow::Result<bool> {
             }
             Ok(false)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_a_key_value_view() {
+        let st = DaemonStatus {
+            version: "bangerd v0.1.1 (commit abc, built now)".into(),
+            pid: 42,
+            state_dir: "/s".into(),
+            socket: "/r/bangerd.sock".into(),
+            helper_socket: "/r/helper.sock".into(),
+            vms_running: 2,
+            dns: None,
+        };
+        assert_eq!(
+            status_view(&st),
+            "bangerd        running (pid 42)\n\
+             version        bangerd v0.1.1 (commit abc, built now)\n\
+             socket         /r/bangerd.sock\n\
+             helper socket  /r/helper.sock\n\
+             state dir      /s\n\
+             running vms    2\n\
+             dns (.vm)      off\n"
+        );
     }
 }

@@ -64,6 +64,7 @@ pub struct BuildArgs {
     /// Rebuild even if the image exists.
     #[arg(long)]
     force: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -76,7 +77,7 @@ pub struct PullArgs {
     #[arg(long)]
     name: Option<String>,
     /// Kernel-store kernel the image boots (OCI images).
-    #[arg(long)]
+    #[arg(long, add = crate::complete::kernels())]
     kernel: Option<String>,
     /// Talk plain http to this registry (a local test registry).
     #[arg(long)]
@@ -95,14 +96,17 @@ pub struct PullArgs {
 #[derive(Args, Debug)]
 pub struct ImportArgs {
     /// An OCI layout directory or a docker archive (.tar).
+    #[arg(value_hint = clap::ValueHint::AnyPath)]
     path: String,
     #[arg(long)]
     name: Option<String>,
     /// Tag in an OCI layout (default `latest`).
     #[arg(long)]
     tag: Option<String>,
-    #[arg(long)]
+    /// Kernel-store kernel the image boots.
+    #[arg(long, add = crate::complete::kernels())]
     kernel: Option<String>,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -110,7 +114,9 @@ pub struct ImportArgs {
 #[derive(Args, Debug)]
 pub struct ImageName {
     /// Image name.
+    #[arg(add = crate::complete::images())]
     name: String,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -120,20 +126,21 @@ pub struct RegisterArgs {
     /// Name for the image.
     name: String,
     /// ext4 root filesystem image.
-    #[arg(long)]
+    #[arg(long, value_hint = clap::ValueHint::FilePath)]
     rootfs: String,
     /// Kernel file (bzImage or vmlinux).
-    #[arg(long, conflicts_with = "kernel_name")]
+    #[arg(long, conflicts_with = "kernel_name", value_hint = clap::ValueHint::FilePath)]
     kernel: Option<String>,
     /// initramfs for --kernel.
-    #[arg(long, requires = "kernel")]
+    #[arg(long, requires = "kernel", value_hint = clap::ValueHint::FilePath)]
     initrd: Option<String>,
     /// A kernel from the kernel store instead of --kernel.
-    #[arg(long)]
+    #[arg(long, add = crate::complete::kernels())]
     kernel_name: Option<String>,
     /// Directory whose files seed each VM's /root.
-    #[arg(long)]
+    #[arg(long, value_hint = clap::ValueHint::DirPath)]
     work_seed: Option<String>,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -143,6 +150,7 @@ pub struct PruneCacheArgs {
     /// Only report what would be freed.
     #[arg(long)]
     dry_run: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -153,7 +161,7 @@ pub enum KernelCmd {
     Catalog(JsonFlag),
     /// Download a kernel from the catalog.
     #[command(after_help = "Examples:\n  banger kernel catalog\n  banger kernel pull debian-6.1")]
-    Pull(KernelName),
+    Pull(CatalogKernelName),
     /// List installed kernels.
     #[command(alias = "ls")]
     List(JsonFlag),
@@ -171,7 +179,20 @@ pub enum KernelCmd {
 
 #[derive(Args, Debug)]
 pub struct KernelName {
+    /// Kernel name.
+    #[arg(add = crate::complete::kernels())]
     name: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CatalogKernelName {
+    /// A kernel the catalog offers (`banger kernel catalog`).
+    #[arg(add = crate::complete::catalog_kernels())]
+    name: String,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -181,12 +202,15 @@ pub struct KernelImportArgs {
     /// Name for the kernel.
     name: String,
     /// bzImage or ELF vmlinux file.
+    #[arg(value_hint = clap::ValueHint::FilePath)]
     vmlinuz: String,
-    #[arg(long)]
+    /// initramfs to boot with it.
+    #[arg(long, value_hint = clap::ValueHint::FilePath)]
     initrd: Option<String>,
     /// Replace a kernel of that name.
     #[arg(long)]
     force: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -223,28 +247,33 @@ async fn finish_image_op(c: &Client, op: OperationInfo, json: bool) -> anyhow::R
 }
 
 fn print_image(i: &ImageInfo) {
-    let row = |k: &str, v: &str| println!("{k:<10} {v}");
-    row("name", &i.name);
-    row("source", &i.source);
-    row("rootfs", &format_size(i.rootfs_bytes));
-    match &i.kernel_name {
-        Some(k) => row("kernel", &format!("{k} (kernel store)")),
-        None => row("kernel", &i.kernel),
-    }
+    let mut rows = vec![
+        ("name", i.name.clone()),
+        ("source", i.source.clone()),
+        ("rootfs", format_size(i.rootfs_bytes)),
+        (
+            "kernel",
+            match &i.kernel_name {
+                Some(k) => format!("{k} (kernel store)"),
+                None => i.kernel.clone(),
+            },
+        ),
+    ];
     if let Some(init) = &i.init {
-        row("init", init);
+        rows.push(("init", init.clone()));
     }
-    row("dir", &i.dir);
+    rows.push(("dir", i.dir.clone()));
     if i.registered {
-        row(
+        rows.push((
             "files",
-            "registered in place (`banger image promote` copies them in)",
-        );
+            "registered in place (`banger image promote` copies them in)".into(),
+        ));
     }
     if !i.in_use_by.is_empty() {
-        row("used by", &i.in_use_by.join(", "));
+        rows.push(("used by", i.in_use_by.join(", ")));
     }
-    row("created", &ago(i.created_at));
+    rows.push(("created", ago(i.created_at)));
+    print!("{}", table::kv(&rows));
 }
 
 pub async fn image(layout: &Layout, cmd: ImageCmd) -> anyhow::Result<u8> {
@@ -394,20 +423,22 @@ pub async fn image(layout: &Layout, cmd: ImageCmd) -> anyhow::Result<u8> {
 }
 
 fn print_kernel(k: &KernelInfo) {
-    let row = |key: &str, v: &str| println!("{key:<10} {v}");
-    row("name", &k.name);
-    row("version", &k.version);
-    row("source", &k.source);
-    row("size", &format_size(k.bytes));
-    row("sha256", &k.sha256);
-    row("kernel", &k.vmlinuz);
+    let mut rows = vec![
+        ("name", k.name.clone()),
+        ("version", k.version.clone()),
+        ("source", k.source.clone()),
+        ("size", format_size(k.bytes)),
+        ("sha256", k.sha256.clone()),
+        ("kernel", k.vmlinuz.clone()),
+    ];
     if let Some(i) = &k.initrd {
-        row("initrd", i);
+        rows.push(("initrd", i.clone()));
     }
     if !k.in_use_by.is_empty() {
-        row("used by", &k.in_use_by.join(", "));
+        rows.push(("used by", k.in_use_by.join(", ")));
     }
-    row("created", &ago(k.created_at));
+    rows.push(("created", ago(k.created_at)));
+    print!("{}", table::kv(&rows));
 }
 
 pub async fn kernel(layout: &Layout, cmd: KernelCmd) -> anyhow::Result<u8> {

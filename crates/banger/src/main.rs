@@ -6,11 +6,13 @@
 
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
+mod complete;
 mod daemonctl;
 mod errors;
 mod imgcmd;
+mod man;
 mod style;
 mod system;
 mod table;
@@ -59,13 +61,25 @@ enum Cmd {
     /// Update a system install to a signed release; rolls back on failure.
     Update(update::UpdateArgs),
     /// Print the version, commit and build time.
-    Version,
+    #[command(after_help = "Examples:\n  banger version\n  banger version --json")]
+    Version(JsonFlag),
     /// Print banger's ssh_config include, or add it to ~/.ssh/config so
     /// `ssh <name>.vm` works.
     #[command(
         after_help = "Examples:\n  banger ssh-config --install     # then: ssh box.vm\n  banger ssh-config --uninstall"
     )]
     SshConfig(wscmd::SshConfigArgs),
+    /// Print the shell completion script (VM, image and kernel names
+    /// complete from the running daemon).
+    #[command(
+        after_help = "Add one line to your shell's startup file:\n  bash (~/.bashrc):  source <(banger completion bash)\n  zsh  (~/.zshrc):   source <(banger completion zsh)     # after compinit\n  fish:              echo 'banger completion fish | source' > ~/.config/fish/completions/banger.fish\n\nThe script calls back into banger on every TAB, so it never goes stale;\nopen a new shell after upgrading banger.\n\nExamples:\n  source <(banger completion bash)   # this shell only\n  banger vm exec <TAB>               # then: your VMs' names"
+    )]
+    Completion(complete::CompletionArgs),
+    /// Print banger's man page, or write one page per command with --out.
+    #[command(
+        after_help = "Examples:\n  banger man | man -l -\n  banger man vm create | man -l -\n  sudo banger man --out /usr/local/share/man/man1 && sudo mandb -q"
+    )]
+    Man(man::ManArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -80,7 +94,7 @@ enum DaemonCmd {
 
 #[derive(Args, Debug)]
 pub struct JsonFlag {
-    /// Print JSON instead of a table.
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -90,11 +104,17 @@ struct DoctorArgs {
     /// Show every check, not only warnings and failures.
     #[arg(short, long)]
     verbose: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
 
 fn main() -> ExitCode {
+    // `COMPLETE=<shell> banger -- <words>`: the shell asking for completions
+    // (see `banger completion`). Answers and exits; a no-op otherwise.
+    clap_complete::CompleteEnv::with_factory(Cli::command)
+        .var(complete::COMPLETE_VAR)
+        .complete();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -118,8 +138,16 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     let layout = banger_paths::Layout::from_env();
     match cli.cmd {
-        Cmd::Version => {
-            print!("{}", banger_buildinfo::version_block());
+        Cmd::Version(j) => {
+            if j.json {
+                vmcmd::print_json(&serde_json::json!({
+                    "version": banger_buildinfo::VERSION,
+                    "commit": banger_buildinfo::COMMIT,
+                    "built_at": banger_buildinfo::BUILT_AT,
+                }))?;
+            } else {
+                print!("{}", banger_buildinfo::version_block());
+            }
             Ok(0)
         }
         Cmd::Daemon(DaemonCmd::Start) => daemonctl::start(&layout, false).await.map(|_| 0),
@@ -141,5 +169,82 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::System(system::SystemCmd::Restart) => system::restart().await,
         Cmd::System(system::SystemCmd::Uninstall(a)) => system::uninstall(a).await,
         Cmd::Update(a) => update::run(a).await,
+        Cmd::Completion(a) => complete::print_script(&a),
+        Cmd::Man(a) => man::run(Cli::command(), &a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap_complete::engine::ArgValueCompleter;
+
+    /// Every `(command path, argument id)` in the CLI, with whether it has a
+    /// dynamic completer.
+    fn args_of(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String, bool)>) {
+        for a in cmd.get_arguments() {
+            out.push((
+                path.to_string(),
+                a.get_id().to_string(),
+                a.get::<ArgValueCompleter>().is_some(),
+            ));
+        }
+        for s in cmd.get_subcommands() {
+            args_of(s, &format!("{path} {}", s.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_vm_image_and_kernel_name_completes() {
+        let mut all = Vec::new();
+        args_of(&Cli::command(), "banger", &mut all);
+        let has = |path: &str, id: &str| {
+            all.iter()
+                .find(|(p, i, _)| p == path && i == id)
+                .unwrap_or_else(|| panic!("no argument {id} in `{path}`"))
+                .2
+        };
+        for vm in [
+            "start",
+            "stop",
+            "restart",
+            "kill",
+            "delete",
+            "show",
+            "exec",
+            "ssh",
+            "ports",
+            "workspace prepare",
+            "workspace export",
+        ] {
+            assert!(has(&format!("banger vm {vm}"), "name"), "vm {vm}");
+        }
+        for path in ["banger vm create", "banger vm run"] {
+            assert!(has(path, "image"), "{path} --image");
+            assert!(!has(path, "name"), "{path} --name is a new name");
+        }
+        for img in ["show", "delete", "promote"] {
+            assert!(has(&format!("banger image {img}"), "name"), "image {img}");
+        }
+        for k in ["show", "delete", "pull"] {
+            assert!(has(&format!("banger kernel {k}"), "name"), "kernel {k}");
+        }
+        assert!(has("banger image pull", "kernel"));
+        assert!(has("banger image import", "kernel"));
+        assert!(has("banger image register", "kernel_name"));
+        // A positional VM name anywhere under `vm` (a new command, say)
+        // must complete too.
+        for (path, id, completes) in &all {
+            let positional_name = id == "name"
+                && path.starts_with("banger vm ")
+                && !path.ends_with(" create")
+                && !path.ends_with(" run");
+            assert!(!positional_name || *completes, "`{path}` {id}");
+        }
     }
 }

@@ -49,8 +49,11 @@ pub struct InstallArgs {
     pub owner: Option<String>,
     /// Directory holding banger, bangerd, banger-helper and banger-agent
     /// (default: the directory of this banger).
-    #[arg(long)]
+    #[arg(long, value_hint = clap::ValueHint::DirPath)]
     pub from: Option<PathBuf>,
+    /// Print what was installed where as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -63,6 +66,9 @@ pub struct UninstallArgs {
     /// helper's cgroup left behind; delete them first instead).
     #[arg(long)]
     pub force: bool,
+    /// Print the removed and kept paths as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn euid() -> u32 {
@@ -300,26 +306,33 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<u8> {
     if let Err(e) = swap.cleanup_backups() {
         eprintln!("warning: {e}");
     }
-    println!("installed {} for {}", build.version, owner.name);
-    print!(
-        "{}",
-        crate::table::render(
-            &["WHAT", "WHERE"],
-            &[
-                vec!["cli".into(), sys::BANGER_BIN.into()],
-                vec![
-                    "daemon".into(),
-                    format!("{} ({})", sys::DAEMON_UNIT, st.socket)
-                ],
-                vec![
-                    "helper".into(),
-                    format!("{} ({})", sys::HELPER_UNIT, sys::HELPER_SOCKET)
-                ],
-                vec!["state".into(), sys::STATE_DIR.into()],
-                vec!["install record".into(), sys::INSTALL_FILE.into()],
-            ]
-        )
-    );
+    let placed = vec![
+        ("cli", sys::BANGER_BIN.to_string()),
+        ("daemon", format!("{} ({})", sys::DAEMON_UNIT, st.socket)),
+        (
+            "helper",
+            format!("{} ({})", sys::HELPER_UNIT, sys::HELPER_SOCKET),
+        ),
+        ("state", sys::STATE_DIR.to_string()),
+        ("install record", sys::INSTALL_FILE.to_string()),
+    ];
+    if args.json {
+        crate::vmcmd::print_json(&serde_json::json!({
+            "version": build.version,
+            "owner": owner.name,
+            "placed": placed
+                .iter()
+                .map(|(what, place)| serde_json::json!({"what": what, "where": place}))
+                .collect::<Vec<_>>(),
+        }))?;
+    } else {
+        println!("installed {} for {}", build.version, owner.name);
+        let rows: Vec<Vec<String>> = placed
+            .into_iter()
+            .map(|(what, place)| vec![what.to_string(), place])
+            .collect();
+        print!("{}", crate::table::render(&["WHAT", "WHERE"], &rows));
+    }
     Ok(0)
 }
 
@@ -418,16 +431,39 @@ pub async fn uninstall(args: UninstallArgs) -> anyhow::Result<u8> {
     }
     let report = InstallPlan::new("/").uninstall(UninstallOptions { purge: args.purge })?;
     let _ = systemctl(&["daemon-reload"]);
-    for p in &report.removed {
-        println!("removed {}", p.display());
+    if args.json {
+        crate::vmcmd::print_json(&serde_json::json!({
+            "removed": report.removed,
+            "kept": report
+                .kept
+                .iter()
+                .map(|k| serde_json::json!({"path": k.path, "reason": k.reason}))
+                .collect::<Vec<_>>(),
+        }))?;
+        return Ok(0);
     }
-    for k in &report.kept {
-        println!("kept    {} ({})", k.path.display(), k.reason);
-    }
+    print!("{}", uninstall_table(&report));
     if !args.purge && !report.kept.is_empty() {
         println!("(sudo banger system uninstall --purge removes those too)");
     }
     Ok(0)
+}
+
+/// One row per path uninstall touched: removed, or kept and why.
+fn uninstall_table(report: &banger_install::plan::UninstallReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .removed
+        .iter()
+        .map(|p| vec![p.display().to_string(), "removed".into(), String::new()])
+        .chain(report.kept.iter().map(|k| {
+            vec![
+                k.path.display().to_string(),
+                "kept".into(),
+                k.reason.to_string(),
+            ]
+        }))
+        .collect();
+    crate::table::render(&["PATH", "RESULT", "REASON"], &rows)
 }
 
 fn check(name: &str, status: CheckStatus, detail: impl Into<String>) -> DoctorCheck {
@@ -621,6 +657,23 @@ fn version_check(meta: &InstallMeta) -> DoctorCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uninstall_report_is_one_table() {
+        let report = banger_install::plan::UninstallReport {
+            removed: vec![PathBuf::from("/usr/local/bin/banger")],
+            kept: vec![banger_install::plan::Kept {
+                path: PathBuf::from("/var/lib/banger"),
+                reason: "the owner's data (--purge removes it)",
+            }],
+        };
+        assert_eq!(
+            uninstall_table(&report),
+            "PATH                   RESULT   REASON\n\
+             /usr/local/bin/banger  removed  -\n\
+             /var/lib/banger        kept     the owner's data (--purge removes it)\n"
+        );
+    }
 
     fn meta(version: &str, commit: &str) -> InstallMeta {
         InstallMeta {

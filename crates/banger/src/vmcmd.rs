@@ -67,17 +67,22 @@ pub enum VmCmd {
 #[derive(Args, Debug)]
 pub struct NameArg {
     /// VM name.
+    #[arg(add = crate::complete::vms())]
     name: String,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct KillArgs {
+    /// VM name.
+    #[arg(add = crate::complete::vms())]
     name: String,
     /// Signal to send: KILL, TERM, INT, HUP, QUIT, USR1, USR2 or ABRT.
     #[arg(long, short = 's', default_value = "KILL")]
     signal: String,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -87,6 +92,7 @@ pub struct PruneArgs {
     /// Do not ask for confirmation.
     #[arg(short, long)]
     force: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -97,7 +103,7 @@ pub struct ShapeArgs {
     #[arg(long)]
     name: Option<String>,
     /// Image to boot (default: debian-bookworm, built on first use).
-    #[arg(long)]
+    #[arg(long, add = crate::complete::images())]
     image: Option<String>,
     /// Virtual CPUs.
     #[arg(long)]
@@ -121,6 +127,7 @@ pub struct ShapeArgs {
 pub struct CreateArgs {
     #[command(flatten)]
     shape: ShapeArgs,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -285,31 +292,42 @@ fn spec_line(v: &VmInfo) -> String {
 }
 
 fn print_vm(v: &VmInfo) {
-    let dash = |o: Option<String>| o.unwrap_or_else(|| "-".into());
-    println!("name      {}", v.name);
-    println!("id        {}", v.id);
-    println!("state     {}", v.state);
+    print!("{}", table::kv(&vm_rows(v)));
+}
+
+/// `vm show`'s lines (key, value); `-` stands in for what is unknown.
+fn vm_rows(v: &VmInfo) -> Vec<(&'static str, String)> {
+    let mut rows = vec![
+        ("name", v.name.clone()),
+        ("id", v.id.clone()),
+        ("state", v.state.to_string()),
+    ];
     if let Some(e) = &v.error {
-        println!("error     {e}");
+        rows.push(("error", e.clone()));
     }
-    println!("spec      {}", spec_line(v));
-    println!("image     {}", v.image);
-    println!("ip        {}", v.ip);
-    println!("mac       {}", v.mac);
-    println!("tap       {}", dash(v.tap.clone()));
-    println!(
-        "vmm       {} (pid {})",
-        v.vmm,
-        dash(v.pid.map(|p| p.to_string()))
-    );
+    rows.extend([
+        ("spec", spec_line(v)),
+        ("image", v.image.clone()),
+        ("ip", v.ip.clone()),
+        ("mac", v.mac.clone()),
+        ("tap", v.tap.clone().unwrap_or_default()),
+        (
+            "vmm",
+            format!(
+                "{} (pid {})",
+                v.vmm,
+                v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+            ),
+        ),
+    ]);
     if let Some(r) = &v.vmm_reason {
-        println!("          {r}");
+        rows.push(("", r.clone()));
     }
-    println!("root cow  {}", dash(v.root_cow.clone()));
-    println!("nat       {}", if v.nat { "on" } else { "off" });
-    match &v.workspace {
-        Some(w) => println!(
-            "workspace {} <- {} @ {} ({}{}, {})",
+    rows.push(("root cow", v.root_cow.clone().unwrap_or_default()));
+    rows.push(("nat", if v.nat { "on" } else { "off" }.into()));
+    let workspace = v.workspace.as_ref().map(|w| {
+        format!(
+            "{} <- {} @ {} ({}{}, {})",
             w.guest_path,
             w.source_path,
             w.head_commit
@@ -323,14 +341,16 @@ fn print_vm(v: &VmInfo) {
                 ""
             },
             ago(w.prepared_at)
-        ),
-        None => println!("workspace -"),
-    }
-    match (&v.accel, &v.accel_reason) {
-        (Some(a), Some(r)) => println!("accel     {a} ({r})"),
-        (Some(a), None) => println!("accel     {a}"),
-        _ => println!("accel     -"),
-    }
+        )
+    });
+    rows.push(("workspace", workspace.unwrap_or_default()));
+    let accel = match (&v.accel, &v.accel_reason) {
+        (Some(a), Some(r)) => format!("{a} ({r})"),
+        (Some(a), None) => a.clone(),
+        _ => String::new(),
+    };
+    rows.push(("accel", accel));
+    rows
 }
 
 pub(crate) fn ago(unix: i64) -> String {
@@ -583,6 +603,27 @@ pub async fn operations(layout: &Layout, json: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// Doctor's rows as a table (STATUS, CHECK, DETAIL): warnings and failures
+/// only unless `verbose`; nothing at all when every shown row is gone.
+fn doctor_table(checks: &[banger_api::DoctorCheck], verbose: bool) -> String {
+    let rows: Vec<Vec<String>> = checks
+        .iter()
+        .filter(|ch| verbose || ch.status != CheckStatus::Pass)
+        .map(|ch| {
+            let tag = match ch.status {
+                CheckStatus::Pass => style::green("PASS", false),
+                CheckStatus::Warn => style::yellow("WARN", false),
+                CheckStatus::Fail => style::red("FAIL", false),
+            };
+            vec![tag, ch.name.clone(), ch.detail.clone()]
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    table::render(&["STATUS", "CHECK", "DETAIL"], &rows)
+}
+
 pub async fn doctor(layout: &Layout, verbose: bool, json: bool) -> anyhow::Result<u8> {
     let c = Client::new(layout.daemon_socket());
     let report: DoctorReport = match c.get("/doctor").await {
@@ -609,16 +650,7 @@ pub async fn doctor(layout: &Layout, verbose: bool, json: bool) -> anyhow::Resul
     if json {
         print_json(&report)?;
     } else {
-        for ch in &report.checks {
-            let (tag, show) = match ch.status {
-                CheckStatus::Pass => (style::green("PASS", false), verbose),
-                CheckStatus::Warn => (style::yellow("WARN", false), true),
-                CheckStatus::Fail => (style::red("FAIL", false), true),
-            };
-            if show {
-                println!("{tag} {:<16} {}", ch.name, ch.detail);
-            }
-        }
+        print!("{}", doctor_table(&report.checks, verbose));
         let count = |s| report.checks.iter().filter(|c| c.status == s).count();
         println!(
             "{} checks: {} passed, {} warnings, {} failed",
@@ -697,6 +729,43 @@ mod tests {
     }
 
     #[test]
+    fn doctor_rows_are_a_table_of_what_matters() {
+        let check = |name: &str, status| banger_api::DoctorCheck {
+            name: name.into(),
+            status,
+            detail: format!("{name} detail"),
+        };
+        let checks = [
+            check("kvm", CheckStatus::Pass),
+            check("firecracker", CheckStatus::Warn),
+            check("dns", CheckStatus::Fail),
+        ];
+        assert_eq!(
+            doctor_table(&checks, false),
+            "STATUS  CHECK        DETAIL\n\
+             WARN    firecracker  firecracker detail\n\
+             FAIL    dns          dns detail\n"
+        );
+        assert!(doctor_table(&checks, true).contains("\nPASS    kvm          kvm detail\n"));
+        assert_eq!(doctor_table(&checks[..1], false), "");
+    }
+
+    #[test]
+    fn vm_show_is_one_key_value_view() {
+        let mut v = test_vm();
+        v.vmm_reason = Some("auto: firecracker unusable".into());
+        let out = table::kv(&vm_rows(&v));
+        assert!(out.starts_with("name       box\nid         x\n"), "{out}");
+        assert!(
+            out.contains("\nvmm        qemu (pid -)\n           auto: firecracker unusable\n"),
+            "{out}"
+        );
+        assert!(out.contains("\nroot cow   -\n"), "{out}");
+        assert!(out.ends_with("\naccel      -\n"), "{out}");
+        assert!(out.is_ascii());
+    }
+
+    #[test]
     fn exit_codes_fit_a_byte() {
         assert_eq!(exit_byte(42), 42);
         assert_eq!(exit_byte(0), 0);
@@ -704,9 +773,8 @@ mod tests {
         assert_eq!(exit_byte(-1), 255);
     }
 
-    #[test]
-    fn spec_line_is_ascii() {
-        let v = VmInfo {
+    fn test_vm() -> VmInfo {
+        VmInfo {
             id: "x".into(),
             name: "box".into(),
             state: banger_api::VmState::Running,
@@ -726,7 +794,12 @@ mod tests {
             started_at: None,
             nat: false,
             workspace: None,
-        };
+        }
+    }
+
+    #[test]
+    fn spec_line_is_ascii() {
+        let v = test_vm();
         let line = spec_line(&v);
         assert!(line.is_ascii(), "{line}");
         assert_eq!(line, "2 vcpu | 1 GiB memory | 8 GiB work disk");

@@ -54,14 +54,17 @@ pub struct WsOpts {
 #[derive(Args, Debug)]
 pub struct PrepareArgs {
     /// VM name.
+    #[arg(add = crate::complete::vms())]
     name: String,
     /// The git checkout (or any directory inside it).
+    #[arg(value_hint = clap::ValueHint::DirPath)]
     repo: PathBuf,
     #[command(flatten)]
     opts: WsOpts,
     /// List what would ship and stop; does not need the VM.
     #[arg(long)]
     dry_run: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -69,13 +72,14 @@ pub struct PrepareArgs {
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// VM name.
+    #[arg(add = crate::complete::vms())]
     name: String,
     /// Diff against this commit, so commits made in the guest are included
     /// (default: the guest's HEAD, i.e. uncommitted changes only).
     #[arg(long, value_name = "SHA")]
     base_commit: Option<String>,
     /// Write the patch to this file instead of stdout.
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     output: Option<PathBuf>,
     /// Commit the patch onto a new branch of the host repo (your checkout,
     /// index and HEAD are not touched).
@@ -91,7 +95,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub shape: ShapeArgs,
     /// A git checkout to copy into the VM; the command runs in it.
-    #[arg(value_name = "REPO")]
+    #[arg(value_name = "REPO", value_hint = clap::ValueHint::DirPath)]
     pub repo: Option<PathBuf>,
     /// Delete the VM when the command (or the ssh session) ends.
     #[arg(long)]
@@ -113,6 +117,7 @@ pub struct RunArgs {
 #[derive(Args, Debug)]
 pub struct ExecArgs {
     /// VM name.
+    #[arg(add = crate::complete::vms())]
     name: String,
     /// Working directory in the guest [default: the workspace if one was
     /// prepared, else /root].
@@ -129,6 +134,7 @@ pub struct ExecArgs {
 #[derive(Args, Debug)]
 pub struct SshArgs {
     /// VM name.
+    #[arg(add = crate::complete::vms())]
     name: String,
     /// A command to run instead of a login shell (quoted for you).
     #[arg(last = true)]

@@ -109,7 +109,28 @@ struct DoctorArgs {
     json: bool,
 }
 
+/// `banger vm list | head -1`: when the reader goes away, stop quietly
+/// with the shell's usual status for it (128 + SIGPIPE) instead of a panic
+/// and a backtrace. Only stdout printing is affected: SIGPIPE itself stays
+/// ignored, so a daemon closing its socket is still an error we report.
+fn quiet_on_broken_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_stdout();
     // `COMPLETE=<shell> banger -- <words>`: the shell asking for completions
     // (see `banger completion`). Answers and exits; a no-op otherwise.
     clap_complete::CompleteEnv::with_factory(Cli::command)

@@ -27,6 +27,7 @@ pub struct SetArgs {
     /// New work disk (/root) size, e.g. 20G; it only grows, keeping its files.
     #[arg(long)]
     disk: Option<String>,
+    /// Print the shape before and the VM after as JSON.
     #[arg(long)]
     json: bool,
 }

@@ -47,7 +47,7 @@ pub async fn get(d: &Shared, name: &str) -> Result<VmStats, ApiError> {
             host,
             guest: None,
             note: Some(format!(
-                "vm {name} is {state}: CPU, memory, network and guest numbers need a running vm (banger vm start {name})"
+                "vm {name} is not running: CPU, memory, network and guest numbers need a running vm (banger vm start {name})"
             )),
         });
     }

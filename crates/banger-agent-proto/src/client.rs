@@ -34,7 +34,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::{decode, decode_data, encode, Event, GuestFrame, HostFrame, Line, LineSplitter};
-use crate::{ListenPort, ProtoError, Request, MAX_CHUNK_IN_BYTES};
+use crate::{GuestStats, ListenPort, ProtoError, Request, MAX_CHUNK_IN_BYTES};
 
 /// Interval between readiness probes in [`wait_ready`].
 const READY_RETRY: Duration = Duration::from_millis(200);
@@ -212,6 +212,16 @@ impl AgentClient {
         match self.call("ports", Request::Ports, timeout).await? {
             Event::Ports { ports } => Ok(ports),
             other => Err(unexpected("ports", &other)),
+        }
+    }
+
+    /// The guest's CPUs, memory, load, uptime and filesystems. An agent too
+    /// old to know the request answers with an Error ("unsupported
+    /// request"), returned as [`ClientError::Agent`].
+    pub async fn stats(&self, timeout: Duration) -> Result<GuestStats, ClientError> {
+        match self.call("stats", Request::Stats, timeout).await? {
+            Event::Stats { stats } => Ok(stats),
+            other => Err(unexpected("stats", &other)),
         }
     }
 
@@ -555,6 +565,7 @@ fn unexpected(request: &'static str, event: &Event) -> ClientError {
         Event::Ok => "ok",
         Event::Extracted { .. } => "extracted",
         Event::Ports { .. } => "ports",
+        Event::Stats { .. } => "stats",
         Event::Error { .. } => "error",
     };
     ClientError::Unexpected { request, event }

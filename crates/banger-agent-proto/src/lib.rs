@@ -125,17 +125,20 @@ pub enum Request {
     /// Lists the guest's listening TCP sockets and unconnected UDP sockets;
     /// answered with [`Event::Ports`].
     Ports,
+    /// The guest's CPUs, memory, load, uptime and the filesystems at `/`
+    /// and `/root`; answered with [`Event::Stats`].
+    Stats,
 }
 
 /// An event from the guest, answering the request with the same id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GuestFrame {
     pub id: u64,
     #[serde(flatten)]
     pub event: Event,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     Pong {
@@ -158,6 +161,8 @@ pub enum Event {
     /// Answers [`Request::Ports`]: every listening socket, sorted by
     /// (proto, port, addr), without duplicates.
     Ports { ports: Vec<ListenPort> },
+    /// Answers [`Request::Stats`].
+    Stats { stats: GuestStats },
     /// The request failed; the message says why.
     Error { message: String },
 }
@@ -201,6 +206,37 @@ pub struct ListenPort {
     pub process: Option<String>,
     #[serde(default)]
     pub pid: Option<u32>,
+}
+
+/// What the guest says about itself ([`Event::Stats`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestStats {
+    /// CPUs online in the guest.
+    pub cpus: u32,
+    /// `MemTotal` of /proc/meminfo, in bytes.
+    pub mem_total_bytes: u64,
+    /// `MemAvailable` of /proc/meminfo, in bytes.
+    pub mem_available_bytes: u64,
+    /// /proc/loadavg: over 1, 5 and 15 minutes.
+    pub load_avg: [f64; 3],
+    /// /proc/uptime: seconds since boot.
+    pub uptime_secs: f64,
+    /// statvfs of `/` and `/root`, in that order; a path that cannot be
+    /// read is left out.
+    pub filesystems: Vec<FsStat>,
+}
+
+/// One filesystem's size, as statvfs(3) gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsStat {
+    /// The path asked about (`/`, `/root`).
+    pub path: String,
+    /// `f_blocks * f_frsize`.
+    pub total_bytes: u64,
+    /// `(f_blocks - f_bfree) * f_frsize`.
+    pub used_bytes: u64,
+    /// `f_bavail * f_frsize`: free for an unprivileged writer.
+    pub available_bytes: u64,
 }
 
 impl Event {
@@ -560,6 +596,48 @@ mod tests {
                 }]
             }
         );
+    }
+
+    #[test]
+    fn stats_frames_are_flat_tagged_lines() {
+        let req = encode(&HostFrame {
+            id: 6,
+            req: Request::Stats,
+        });
+        assert_eq!(req, b"{\"id\":6,\"type\":\"stats\"}\n");
+        assert_eq!(decode::<HostFrame>(&req).unwrap().req, Request::Stats);
+        let g = GuestFrame {
+            id: 6,
+            event: Event::Stats {
+                stats: GuestStats {
+                    cpus: 4,
+                    mem_total_bytes: 1 << 30,
+                    mem_available_bytes: 1 << 29,
+                    load_avg: [0.5, 0.25, 0.0],
+                    uptime_secs: 12.5,
+                    filesystems: vec![FsStat {
+                        path: "/".into(),
+                        total_bytes: 100,
+                        used_bytes: 40,
+                        available_bytes: 60,
+                    }],
+                },
+            },
+        };
+        let line = encode(&g);
+        assert_eq!(
+            std::str::from_utf8(&line).unwrap(),
+            concat!(
+                r#"{"id":6,"type":"stats","stats":{"cpus":4,"mem_total_bytes":1073741824,"#,
+                r#""mem_available_bytes":536870912,"load_avg":[0.5,0.25,0.0],"uptime_secs":12.5,"#,
+                r#""filesystems":[{"path":"/","total_bytes":100,"used_bytes":40,"available_bytes":60}]}}"#,
+                "\n"
+            )
+        );
+        assert_eq!(decode::<GuestFrame>(&line).unwrap(), g);
+        assert!(g.event.is_final());
+        // An agent from before this request says so with an Error: parsing
+        // the request fails on its side, nothing else breaks.
     }
 
     #[test]

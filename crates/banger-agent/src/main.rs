@@ -28,6 +28,7 @@ mod init;
 mod listen;
 mod ports;
 mod serve;
+mod stats;
 mod untar;
 mod upload;
 

@@ -249,6 +249,10 @@ fn handle(id: u64, req: Request, out: &Arc<Out>, power_off: PowerOff) {
             Ok(ports) => out.send(id, Event::Ports { ports }),
             Err(message) => out.error(id, message),
         },
+        Request::Stats => match crate::stats::collect() {
+            Ok(stats) => out.send(id, Event::Stats { stats }),
+            Err(message) => out.error(id, message),
+        },
         Request::Exec { argv, env, cwd } => exec::run(id, &argv, &env, cwd.as_deref(), out),
         Request::Sync => {
             sync();

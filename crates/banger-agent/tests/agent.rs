@@ -75,6 +75,19 @@ async fn ports_lists_this_process_listeners_with_their_owner() {
 }
 
 #[tokio::test]
+async fn stats_reports_this_machine() {
+    let (_agent, client) = start().await;
+    let s = client.stats(T).await.unwrap();
+    assert!(s.cpus >= 1, "{s:?}");
+    assert!(s.mem_total_bytes > 0 && s.mem_available_bytes <= s.mem_total_bytes);
+    assert!(s.uptime_secs > 0.0 && s.load_avg.iter().all(|l| *l >= 0.0));
+    let paths: Vec<&str> = s.filesystems.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["/", "/root"], "{s:?}");
+    let root = &s.filesystems[0];
+    assert!(root.total_bytes >= root.used_bytes && root.total_bytes > 0);
+}
+
+#[tokio::test]
 async fn exec_streams_stdout_stderr_and_the_exit_code() {
     let (_agent, client) = start().await;
     let out = run(&client, &["sh", "-c", "echo out; echo err >&2; exit 42"])

@@ -7,13 +7,17 @@
 mod error;
 mod name;
 mod size;
+mod stats;
 mod types;
+mod vmset;
 mod workspace;
 
 pub use error::{ApiError, ErrorCode};
 pub use name::{validate_vm_name, NameError};
 pub use size::{format_size, parse_size, parse_size_mib};
+pub use stats::*;
 pub use types::*;
+pub use vmset::*;
 pub use workspace::*;
 
 /// Header that carries the operation id on every request and response.

@@ -49,6 +49,110 @@ fn mkfs_argv(src_dir: &Path, out: &Path, label: &str, map_root: bool) -> Vec<std
     argv
 }
 
+/// The e2fsprogs tools [`grow`] runs; tests put failing stand-ins here.
+struct GrowTools<'a> {
+    e2fsck: &'a str,
+    resize2fs: &'a str,
+}
+
+const E2FSPROGS: GrowTools<'static> = GrowTools {
+    e2fsck: "e2fsck",
+    resize2fs: "resize2fs",
+};
+
+/// Grows the ext4 image file `path` to `new_bytes` in place, keeping what
+/// it holds. Returns false when it already has that size.
+///
+/// The order keeps a failure harmless: `e2fsck -fy` first (resize2fs wants
+/// a freshly checked filesystem, and a damaged one is never grown); only
+/// then is the file lengthened (sparse) and `resize2fs` run. If resize2fs
+/// fails the file is cut back to its old length and checked again, so what
+/// is left is the old, valid filesystem. A smaller size is refused: a work
+/// disk only grows. The image must not be in use (no VM running on it).
+pub fn grow(path: &Path, new_bytes: u64) -> Result<bool, ImageError> {
+    grow_with(path, new_bytes, &E2FSPROGS)
+}
+
+fn grow_with(path: &Path, new_bytes: u64, tools: &GrowTools<'_>) -> Result<bool, ImageError> {
+    let old = std::fs::metadata(path)
+        .map_err(ImageError::io(format!("stat {}", path.display())))?
+        .len();
+    if new_bytes < old {
+        return Err(ImageError::Invalid(format!(
+            "{} is {old} bytes; it only grows, not to {new_bytes}",
+            path.display()
+        )));
+    }
+    if new_bytes == old {
+        return Ok(false);
+    }
+    fsck(path, tools)?;
+    set_len(path, new_bytes)?;
+    let kib = format!("{}K", new_bytes / 1024);
+    let resized = tool::run(
+        Command::new(tools.resize2fs)
+            .arg(path)
+            .arg(&kib)
+            .env("LC_ALL", "C"),
+    );
+    if let Err(e) = resized {
+        let restored = set_len(path, old).and_then(|()| fsck(path, tools));
+        return Err(ImageError::Invalid(match restored {
+            Ok(()) => format!(
+                "{e}; {} was left at its old size and checks clean",
+                path.display()
+            ),
+            Err(again) => format!(
+                "{e}; cutting {} back to its old size did not leave a clean filesystem: {again}",
+                path.display()
+            ),
+        }));
+    }
+    Ok(true)
+}
+
+/// `e2fsck -fy`: 0 (clean) and 1 (errors corrected) are fine.
+fn fsck(path: &Path, tools: &GrowTools<'_>) -> Result<(), ImageError> {
+    let out = Command::new(tools.e2fsck)
+        .args(["-f", "-y"])
+        .arg(path)
+        .env("LC_ALL", "C")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| tool::ToolError::Spawn {
+            tool: tools.e2fsck.to_string(),
+            source,
+        })?;
+    match out.status.code() {
+        Some(0 | 1) => Ok(()),
+        _ => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let lines: Vec<&str> = text.trim_end().lines().collect();
+            Err(tool::ToolError::Failed {
+                tool: tools.e2fsck.to_string(),
+                status: out.status.to_string(),
+                stderr: lines[lines.len().saturating_sub(20)..].join("\n"),
+            }
+            .into())
+        }
+    }
+}
+
+fn set_len(path: &Path, len: u64) -> Result<(), ImageError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len))
+        .map_err(ImageError::io(format!(
+            "resize {} to {len} bytes",
+            path.display()
+        )))
+}
+
 /// Apparent size of a directory tree in bytes (files, symlinks, dirs).
 pub fn tree_bytes(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0u64;
@@ -159,6 +263,100 @@ mod tests {
     fn unsafe_euid() -> u32 {
         // SAFETY: geteuid has no preconditions and cannot fail.
         unsafe { libc::geteuid() }
+    }
+
+    fn debugfs(img: &Path, request: &str) -> String {
+        tool::run(Command::new("debugfs").args(["-R", request]).arg(img)).unwrap()
+    }
+
+    /// Filesystem size in bytes, as the superblock says.
+    fn fs_bytes(img: &Path) -> u64 {
+        let out = tool::run(Command::new("dumpe2fs").arg("-h").arg(img)).unwrap();
+        let field = |k: &str| -> u64 {
+            out.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        field("Block count:") * field("Block size:")
+    }
+
+    /// A 64 MiB image holding /hello, written with debugfs.
+    fn small_image(dir: &Path) -> Option<std::path::PathBuf> {
+        if Command::new("resize2fs").output().is_err() {
+            eprintln!("skipping: e2fsprogs not installed");
+            return None;
+        }
+        let src = dir.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let img = dir.join("work.ext4");
+        pack_dir(&src, &img, 64, "banger-work").unwrap();
+        let data = dir.join("data");
+        std::fs::write(&data, b"kept across the resize\n").unwrap();
+        let w = format!("write {} hello", data.display());
+        tool::run(Command::new("debugfs").args(["-w", "-R", &w]).arg(&img)).unwrap();
+        assert_eq!(debugfs(&img, "cat /hello"), "kept across the resize\n");
+        Some(img)
+    }
+
+    #[test]
+    fn grow_keeps_the_data_and_grows_the_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(img) = small_image(dir.path()) else {
+            return;
+        };
+        assert_eq!(fs_bytes(&img), 64 << 20);
+        assert!(grow(&img, 200 << 20).unwrap());
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), 200 << 20);
+        assert_eq!(fs_bytes(&img), 200 << 20);
+        assert_eq!(debugfs(&img, "cat /hello"), "kept across the resize\n");
+        // Growing stays sparse: far less allocated than the new length.
+        let meta = std::fs::metadata(&img).unwrap();
+        assert!(meta.blocks() * 512 < 64 << 20, "{}", meta.blocks());
+        // Same size: nothing to do; smaller: refused, nothing touched.
+        assert!(!grow(&img, 200 << 20).unwrap());
+        let e = grow(&img, 100 << 20).unwrap_err().to_string();
+        assert!(e.contains("only grows"), "{e}");
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), 200 << 20);
+    }
+
+    #[test]
+    fn a_failed_resize_leaves_the_old_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(img) = small_image(dir.path()) else {
+            return;
+        };
+        let failing = GrowTools {
+            e2fsck: "e2fsck",
+            resize2fs: "false",
+        };
+        let e = grow_with(&img, 200 << 20, &failing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("false failed") && e.contains("old size"), "{e}");
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), 64 << 20);
+        assert_eq!(fs_bytes(&img), 64 << 20);
+        assert_eq!(debugfs(&img, "cat /hello"), "kept across the resize\n");
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_image_is_not_grown() {
+        let dir = tempfile::tempdir().unwrap();
+        if Command::new("e2fsck").arg("-V").output().is_err() {
+            eprintln!("skipping: e2fsprogs not installed");
+            return;
+        }
+        let img = dir.path().join("junk.ext4");
+        std::fs::write(&img, vec![0x5a; 1 << 20]).unwrap();
+        let e = grow(&img, 4 << 20).unwrap_err().to_string();
+        assert!(e.contains("e2fsck failed"), "{e}");
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), 1 << 20);
+        let e = grow(&dir.path().join("missing"), 4 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing"), "{e}");
     }
 
     #[test]

@@ -164,6 +164,25 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Sets a VM's shape (`banger vm set`) on a row that is neither running
+    /// nor being created; returns false when no such row matched. Only
+    /// these three columns change, so a stale copy of the row elsewhere
+    /// never rolls back anything else.
+    pub fn set_vm_spec(
+        &self,
+        id: &str,
+        vcpus: u32,
+        memory_mib: u32,
+        work_disk_mib: u64,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE vms SET vcpus = ?2, memory_mib = ?3, work_disk_mib = ?4
+             WHERE id = ?1 AND state NOT IN ('running', 'creating')",
+            params![id, vcpus, memory_mib, work_disk_mib],
+        )?;
+        Ok(n == 1)
+    }
+
     pub fn vm_by_name(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
         Ok(self
             .conn()

@@ -90,6 +90,39 @@ fn vm_crud_and_uniqueness() {
 }
 
 #[test]
+fn set_vm_spec_changes_the_shape_of_a_stopped_vm_only() {
+    let s = Store::open_in_memory().unwrap();
+    let mut rec = vm("a1", "box", "172.30.0.2");
+    rec.workspace_json = Some("{}".into());
+    s.insert_vm(&rec).unwrap();
+    assert!(s.set_vm_spec("a1", 4, 2048, 16384).unwrap());
+    let got = s.vm_by_name("box").unwrap().unwrap();
+    assert_eq!(
+        (got.vcpus, got.memory_mib, got.work_disk_mib),
+        (4, 2048, 16384)
+    );
+    // Everything else is as it was.
+    assert_eq!(
+        VmRecord {
+            vcpus: rec.vcpus,
+            memory_mib: rec.memory_mib,
+            work_disk_mib: rec.work_disk_mib,
+            ..got
+        },
+        rec
+    );
+    // A running or creating row, or no row at all, is left alone.
+    for state in ["running", "creating"] {
+        let mut r = s.vm_by_name("box").unwrap().unwrap();
+        r.state = state.into();
+        s.update_vm(&r).unwrap();
+        assert!(!s.set_vm_spec("a1", 1, 512, 32768).unwrap(), "{state}");
+        assert_eq!(s.vm_by_name("box").unwrap().unwrap().vcpus, 4);
+    }
+    assert!(!s.set_vm_spec("nope", 1, 512, 8192).unwrap());
+}
+
+#[test]
 fn images_upsert_and_usage() {
     let s = Store::open_in_memory().unwrap();
     let mut img = ImageRecord {

@@ -10,6 +10,8 @@
 //! - [`cow`]: copy-on-write root disks for Firecracker (dm-snapshot, or a
 //!   reflink/sparse clone where device-mapper is missing).
 //! - [`proc`]: reading `/proc` to tell whether a pid is still our VMM.
+//! - [`host`]: the host's limits for a VM (CPUs, memory, free disk) and a
+//!   VMM process's CPU time and resident memory.
 //! - [`firecracker`]: the Firecracker API: typed bodies, a client for its
 //!   socket, the launch plan, version and kernel-format handling, and the
 //!   hybrid vsock handshake.
@@ -19,6 +21,7 @@
 pub mod accel;
 pub mod cow;
 pub mod firecracker;
+pub mod host;
 pub mod jailer;
 pub mod proc;
 pub mod qemu;

@@ -18,6 +18,8 @@ mod system;
 mod table;
 mod update;
 mod vmcmd;
+mod vmset;
+mod vmstats;
 mod wscmd;
 
 #[derive(Parser, Debug)]

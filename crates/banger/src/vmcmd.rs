@@ -44,6 +44,16 @@ pub enum VmCmd {
     List(JsonFlag),
     /// Show one VM.
     Show(NameArg),
+    /// Change a stopped VM's vCPUs, memory or work disk size; the next
+    /// start uses them. The work disk (/root) only grows, keeping its files.
+    #[command(
+        after_help = "Examples:\n  banger vm stop box && banger vm set box --vcpu 4 --memory 4G && banger vm start box\n  banger vm set box --disk 20G            # grow /root in place\n  banger vm set box --memory 512M --json\n\nLimits: vcpus up to this host's CPUs, memory from 128 MiB up to this host's\nMemTotal, disk growth up to the free space where banger keeps its state."
+    )]
+    Set(crate::vmset::SetArgs),
+    /// What a VM uses: VMM CPU time and memory, disk space, network bytes
+    /// and, while it runs, the guest's memory, load, uptime and filesystems.
+    #[command(after_help = "Examples:\n  banger vm stats box\n  banger vm stats box --json")]
+    Stats(NameArg),
     /// Run a command in a running VM (in its workspace, if it has one);
     /// exits with the command's code.
     #[command(
@@ -68,10 +78,10 @@ pub enum VmCmd {
 pub struct NameArg {
     /// VM name.
     #[arg(add = crate::complete::vms())]
-    name: String,
+    pub(crate) name: String,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -504,6 +514,8 @@ pub async fn vm(layout: &Layout, cmd: VmCmd) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
+        VmCmd::Set(a) => crate::vmset::run(layout, a).await,
+        VmCmd::Stats(a) => crate::vmstats::run(layout, a).await,
         VmCmd::Ports(a) => {
             check(&a.name)?;
             let c = client(layout).await?;

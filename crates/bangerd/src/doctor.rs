@@ -58,6 +58,9 @@ pub async fn report(d: &Shared) -> DoctorReport {
     for (tool, pkg) in [
         ("qemu-img", "qemu-utils"),
         ("mkfs.ext4", "e2fsprogs"),
+        // `vm set --disk` grows work disks with these.
+        ("e2fsck", "e2fsprogs"),
+        ("resize2fs", "e2fsprogs"),
         ("mmdebstrap", "mmdebstrap"),
     ] {
         checks.push(match which(tool) {

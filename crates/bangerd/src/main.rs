@@ -23,8 +23,10 @@ mod ports;
 mod routes;
 mod server;
 mod ssh;
+mod stats;
 mod tappool;
 mod vm;
+mod vmset;
 mod workdisk;
 mod workspace;
 

@@ -11,7 +11,7 @@ use banger_api::{
 
 use crate::daemon::Shared;
 use crate::server::{ndjson_body, Fail, OpId};
-use crate::{doctor, images, kernels, ports, ssh, vm, workspace};
+use crate::{doctor, images, kernels, ports, ssh, stats, vm, vmset, workspace};
 
 type Res<T> = Result<Json<T>, Fail>;
 
@@ -20,7 +20,7 @@ pub fn router(d: Shared, shutdown: std::sync::Arc<tokio::sync::Notify>) -> Route
         .route("/status", get(status))
         .route("/vms", get(list_vms).post(create_vm))
         .route("/vms/prune", post(prune_vms))
-        .route("/vms/{name}", get(show_vm).delete(delete_vm))
+        .route("/vms/{name}", get(show_vm).delete(delete_vm).patch(set_vm))
         .route("/vms/{name}/start", post(start_vm))
         .route("/vms/{name}/stop", post(stop_vm))
         .route("/vms/{name}/restart", post(restart_vm))
@@ -30,6 +30,7 @@ pub fn router(d: Shared, shutdown: std::sync::Arc<tokio::sync::Notify>) -> Route
         .route("/vms/{name}/workspace/export", post(export_workspace))
         .route("/vms/{name}/ssh", get(ssh_info))
         .route("/vms/{name}/ports", get(vm_ports))
+        .route("/vms/{name}/stats", get(vm_stats))
         .route("/ssh-config", get(ssh_config))
         .route("/operations", get(list_ops))
         .route("/operations/{id}", get(get_op))
@@ -106,6 +107,18 @@ async fn create_vm(
 async fn show_vm(State(d): State<Shared>, Path(name): Path<String>) -> Res<banger_api::VmInfo> {
     let rec = vm::find(&d, &name)?;
     Ok(Json(vm::info(&d, &rec)))
+}
+
+async fn set_vm(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Json(req): Json<banger_api::SetVmRequest>,
+) -> Res<banger_api::SetVmResult> {
+    Ok(Json(vmset::set(d, name, req).await?))
+}
+
+async fn vm_stats(State(d): State<Shared>, Path(name): Path<String>) -> Res<banger_api::VmStats> {
+    Ok(Json(stats::get(&d, &name).await?))
 }
 
 async fn start_vm(State(d): State<Shared>, Path(name): Path<String>) -> Res<banger_api::VmInfo> {

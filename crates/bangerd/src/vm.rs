@@ -34,7 +34,7 @@ fn failed(stage: &str) -> impl Fn(String) -> ApiError + '_ {
     move |e| ApiError::failed(format!("{stage}: {e}"))
 }
 
-fn store_err(e: banger_store::StoreError) -> ApiError {
+pub(crate) fn store_err(e: banger_store::StoreError) -> ApiError {
     match e {
         banger_store::StoreError::AlreadyExists { .. } => {
             ApiError::new(banger_api::ErrorCode::AlreadyExists, e.to_string())
@@ -43,7 +43,7 @@ fn store_err(e: banger_store::StoreError) -> ApiError {
     }
 }
 
-fn vm_dir(d: &Shared, rec: &VmRecord) -> PathBuf {
+pub(crate) fn vm_dir(d: &Shared, rec: &VmRecord) -> PathBuf {
     d.cfg.layout.vm_dir(&rec.id)
 }
 
@@ -264,7 +264,7 @@ fn prepare_disks(
     let host_key = crate::ssh::new_host_key(dir, name)?;
     crate::workdisk::build(
         &img.manifest.work_seed_path(&img.dir),
-        &dir.join("work.ext4"),
+        &dir.join(crate::workdisk::FILE),
         work_mib,
         &crate::workdisk::PerVm {
             authorized_key: &client_key.public_openssh,
@@ -290,7 +290,7 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
         .root_cow
         .parse()
         .map_err(|e| ApiError::internal(format!("vm {:?}: {e}", rec.name)))?;
-    for disk in [firecracker::root_file(kind), "work.ext4"] {
+    for disk in [firecracker::root_file(kind), crate::workdisk::FILE] {
         if !dir.join(disk).exists() {
             return Err(ApiError::failed(format!(
                 "disk {} of vm {:?} is missing; delete and recreate the vm",
@@ -382,7 +382,7 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
             init: img.manifest.init.clone(),
         }),
         root_disk: dir.join("root.qcow2"),
-        work_disk: dir.join("work.ext4"),
+        work_disk: dir.join(crate::workdisk::FILE),
         tap: tap.clone(),
         mac: rec.mac.clone(),
         agent_socket: run.join("agent.sock"),

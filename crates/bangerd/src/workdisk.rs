@@ -4,6 +4,9 @@
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
+/// The work disk's file name in the VM's directory.
+pub const FILE: &str = "work.ext4";
+
 /// What the work disk gets on top of the image's seed.
 pub struct PerVm<'a> {
     /// One `authorized_keys` line: banger's client key.

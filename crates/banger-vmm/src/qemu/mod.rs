@@ -5,7 +5,8 @@
 //! `/dev/vda`, virtio-blk work disk as `/dev/vdb`, virtio-net on a tap,
 //! virtio-rng, and a virtio-serial port named `banger.agent` whose host end
 //! is a Unix socket the daemon connects to. The serial console goes to a
-//! file. No vhost (not every host has it).
+//! file, QEMU's own messages to another (`-D`). No vhost (not every host
+//! has it).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -44,8 +45,13 @@ pub struct QemuConfig {
     /// QMP control socket (QEMU listens here).
     pub qmp_socket: PathBuf,
     pub pidfile: PathBuf,
-    /// The guest's serial console is appended here.
+    /// The guest's serial console is appended here (the daemon copies it
+    /// into the VM's capped log and frees what it copied).
     pub console_log: PathBuf,
+    /// QEMU's own log (`-D`): after `-daemonize` QEMU points its stderr
+    /// here instead of /dev/null, so its warnings and last words are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_log: Option<PathBuf>,
 }
 
 impl QemuConfig {
@@ -132,6 +138,12 @@ impl QemuConfig {
         ));
         push("-serial");
         push("chardev:console0");
+        if let Some(log) = &self.vmm_log {
+            push("-D");
+            push(&log.to_string_lossy());
+            push("-msg");
+            push("timestamp=on");
+        }
         push("-qmp");
         push(&format!(
             "unix:{},server=on,wait=off",

@@ -16,7 +16,8 @@ fn cfg() -> QemuConfig {
         agent_socket: "/r/vms/0123456789ab/agent.sock".into(),
         qmp_socket: "/r/vms/0123456789ab/qmp.sock".into(),
         pidfile: "/r/vms/0123456789ab/qemu.pid".into(),
-        console_log: "/s/vms/0123456789ab/console.log".into(),
+        console_log: "/s/vms/0123456789ab/console.raw".into(),
+        vmm_log: Some("/s/vms/0123456789ab/vmm.raw".into()),
     }
 }
 
@@ -54,6 +55,25 @@ fn argv_wires_every_device() {
     assert_eq!(value_of(&a, "-pidfile"), ["/r/vms/0123456789ab/qemu.pid"]);
     assert_eq!(a.last().unwrap(), "-daemonize");
     assert!(a.contains(&"-no-reboot".to_string()));
+}
+
+#[test]
+fn console_and_vmm_log_go_to_files() {
+    let a = args(&cfg());
+    assert!(value_of(&a, "-chardev")
+        .contains(&"file,id=console0,path=/s/vms/0123456789ab/console.raw,append=on"));
+    assert_eq!(value_of(&a, "-serial"), ["chardev:console0"]);
+    assert_eq!(value_of(&a, "-D"), ["/s/vms/0123456789ab/vmm.raw"]);
+    assert_eq!(value_of(&a, "-msg"), ["timestamp=on"]);
+    let mut c = cfg();
+    c.vmm_log = None;
+    let a = args(&c);
+    assert!(value_of(&a, "-D").is_empty() && value_of(&a, "-msg").is_empty());
+    // A daemon that sends no vmm_log (an older one) still parses.
+    let mut v = serde_json::to_value(cfg()).unwrap();
+    v.as_object_mut().unwrap().remove("vmm_log");
+    let back: QemuConfig = serde_json::from_value(v).unwrap();
+    assert_eq!(back.vmm_log, None);
 }
 
 #[test]

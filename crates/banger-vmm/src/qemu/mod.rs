@@ -195,7 +195,8 @@ pub fn safe_init(init: &str) -> bool {
 
 /// Builds the guest kernel command line for a Debian image with the distro
 /// kernel and initramfs. Every value is typed, so no token can smuggle a
-/// space or an extra `key=value`.
+/// space or an extra `key=value`. The kernel logs to the console at its
+/// default level, so the kept console shows the boot.
 pub fn kernel_cmdline(id: &GuestIdentity) -> String {
     let mut parts = vec![
         "console=ttyS0".to_string(),
@@ -205,7 +206,9 @@ pub fn kernel_cmdline(id: &GuestIdentity) -> String {
         "net.ifnames=0".to_string(),
         "biosdevname=0".to_string(),
         "panic=-1".to_string(),
-        "quiet".to_string(),
+        // No `quiet`: the console log (`vm logs`) is where a guest that does
+        // not come up says why, and quiet leaves only the login prompt in it
+        // (~35 KB of boot messages; no measurable boot cost under TCG).
         "systemd.show_status=auto".to_string(),
         format!("banger.hostname={}", id.hostname),
         format!("banger.ip={}/{}", id.ip, id.prefix),

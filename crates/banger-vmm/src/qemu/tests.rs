@@ -108,6 +108,10 @@ fn cmdline_carries_identity() {
     assert!(line.contains("banger.ip=172.30.0.5/24"));
     assert!(line.contains("banger.gw=172.30.0.1"));
     assert!(!line.contains("banger.dns"));
+    // The kept console must show the kernel's and systemd's boot messages.
+    assert!(!line
+        .split(' ')
+        .any(|p| p == "quiet" || p.starts_with("loglevel=")));
     assert!(!line.contains("init="));
 }
 

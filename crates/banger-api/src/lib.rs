@@ -5,12 +5,14 @@
 //! check made again behind it. No I/O lives in this crate.
 
 mod error;
+mod logs;
 mod name;
 mod size;
 mod types;
 mod workspace;
 
 pub use error::{ApiError, ErrorCode};
+pub use logs::*;
 pub use name::{validate_vm_name, NameError};
 pub use size::{format_size, parse_size, parse_size_mib};
 pub use types::*;

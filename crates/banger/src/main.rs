@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 mod daemonctl;
 mod errors;
 mod imgcmd;
+mod logcmd;
 mod style;
 mod system;
 mod table;

@@ -59,6 +59,12 @@ pub enum VmCmd {
     /// the guest agent, not over ssh), with the <name>.vm:<port> endpoint.
     #[command(after_help = "Examples:\n  banger vm ports box\n  banger vm ports box --json")]
     Ports(NameArg),
+    /// Print the guest console kept for a VM (running or stopped), or with
+    /// --vmm the VMM's own log; -f follows new output until the VM stops.
+    #[command(
+        after_help = "The console keeps the newest 4 to 8 MiB, the VMM log 1 to 2 MiB; both are\ndeleted with the VM. On a terminal, escape sequences other than colours are\ndropped; piped output is the guest's bytes as written.\n\nExamples:\n  banger vm logs box                  # everything kept, boot messages first\n  banger vm logs box -f               # ... then new output until the VM stops\n  banger vm logs box --since 5m       # output received in the last 5 minutes\n  banger vm logs box --vmm            # QEMU's messages, banger's launch/exit notes\n  banger vm logs box --json | jq -r .line"
+    )]
+    Logs(crate::logcmd::LogsArgs),
     /// Copy a git checkout into a VM and bring the guest's changes back.
     #[command(subcommand)]
     Workspace(crate::wscmd::WorkspaceCmd),
@@ -366,6 +372,7 @@ pub async fn vm(layout: &Layout, cmd: VmCmd) -> anyhow::Result<u8> {
         VmCmd::Exec(a) => crate::wscmd::exec(layout, a).await,
         VmCmd::Ssh(a) => crate::wscmd::ssh(layout, a).await,
         VmCmd::Workspace(c) => crate::wscmd::workspace(layout, c).await,
+        VmCmd::Logs(a) => crate::logcmd::logs(layout, a).await,
         VmCmd::Start(a) => lifecycle(layout, "start", a).await,
         VmCmd::Stop(a) => lifecycle(layout, "stop", a).await,
         VmCmd::Restart(a) => lifecycle(layout, "restart", a).await,

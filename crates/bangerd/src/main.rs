@@ -18,6 +18,8 @@ mod handles;
 mod images;
 mod install_hint;
 mod kernels;
+mod logs;
+mod logstore;
 mod ops;
 mod ports;
 mod routes;

@@ -1,6 +1,6 @@
 //! Route table: thin handlers over the vm, image and doctor services.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -11,7 +11,7 @@ use banger_api::{
 
 use crate::daemon::Shared;
 use crate::server::{ndjson_body, Fail, OpId};
-use crate::{doctor, images, kernels, ports, ssh, vm, workspace};
+use crate::{doctor, images, kernels, logs, ports, ssh, vm, workspace};
 
 type Res<T> = Result<Json<T>, Fail>;
 
@@ -30,6 +30,7 @@ pub fn router(d: Shared, shutdown: std::sync::Arc<tokio::sync::Notify>) -> Route
         .route("/vms/{name}/workspace/export", post(export_workspace))
         .route("/vms/{name}/ssh", get(ssh_info))
         .route("/vms/{name}/ports", get(vm_ports))
+        .route("/vms/{name}/logs", get(vm_logs))
         .route("/ssh-config", get(ssh_config))
         .route("/operations", get(list_ops))
         .route("/operations/{id}", get(get_op))
@@ -144,6 +145,18 @@ async fn exec_vm(
     Json(req): Json<ExecRequest>,
 ) -> Result<Response, Fail> {
     let rx = vm::exec(d, name, req).await?;
+    Ok(Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson_body(rx))
+        .expect("static response parts"))
+}
+
+async fn vm_logs(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Query(q): Query<banger_api::LogsQuery>,
+) -> Result<Response, Fail> {
+    let rx = logs::stream(d, name, q).await?;
     Ok(Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(ndjson_body(rx))

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod daemonctl;
 mod errors;
+mod healthcmd;
 mod imgcmd;
 mod logcmd;
 mod style;

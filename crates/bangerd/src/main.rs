@@ -15,6 +15,7 @@ mod dns;
 mod doctor;
 mod firecracker;
 mod handles;
+mod health;
 mod images;
 mod install_hint;
 mod kernels;

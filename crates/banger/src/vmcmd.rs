@@ -59,8 +59,11 @@ pub enum VmCmd {
     /// the guest agent, not over ssh), with the <name>.vm:<port> endpoint.
     #[command(after_help = "Examples:\n  banger vm ports box\n  banger vm ports box --json")]
     Ports(NameArg),
-    /// Print the guest console kept for a VM (running or stopped), or with
-    /// --vmm the VMM's own log; -f follows new output until the VM stops.
+    /// Print the guest console kept for a VM, or its VMM's log; -f follows.
+    ///
+    /// Works for running and stopped VMs: the console (kernel, systemd,
+    /// anything written to /dev/console) and, with --vmm, the VMM's own
+    /// messages are kept per VM. -f prints new output until the VM stops.
     #[command(
         after_help = "The console keeps the newest 4 to 8 MiB, the VMM log 1 to 2 MiB; both are\ndeleted with the VM. On a terminal, escape sequences other than colours are\ndropped; piped output is the guest's bytes as written.\n\nExamples:\n  banger vm logs box                  # everything kept, boot messages first\n  banger vm logs box -f               # ... then new output until the VM stops\n  banger vm logs box --since 5m       # output received in the last 5 minutes\n  banger vm logs box --vmm            # QEMU's messages, banger's launch/exit notes\n  banger vm logs box --json | jq -r .line"
     )]
@@ -70,9 +73,11 @@ pub enum VmCmd {
         after_help = "Exit code: 0 when every ping was answered, else 1.\n\nExamples:\n  banger vm ping box                  # pong from box in 1.8 ms (agent v0.1.0)\n  banger vm ping box -c 5 -i 200ms\n  banger vm ping box --timeout 10s --json"
     )]
     Ping(crate::healthcmd::PingArgs),
-    /// Is the VM healthy? Its state, its VMM process and its agent, with
-    /// one verdict: healthy, degraded (the VMM runs, the agent does not
-    /// answer), down (the VMM is gone), stopped, creating or error.
+    /// Check a VM's state, VMM process and agent; exit 0 only when healthy.
+    ///
+    /// One verdict: healthy, degraded (the VMM runs but the agent does not
+    /// answer in time), down (the row says running but the VMM is gone),
+    /// stopped, creating or error.
     #[command(
         after_help = "Exit code: 0 healthy, 1 degraded, 2 not running (down, stopped, creating, error).\n\nExamples:\n  banger vm health box\n  banger vm health box --timeout 10s\n  banger vm health box --json | jq -r .status"
     )]

@@ -31,13 +31,16 @@ pub const CONSOLE_CAP: u64 = 8 << 20;
 pub const VMM_CAP: u64 = 2 << 20;
 /// How often a keeper looks for new output.
 const POLL: Duration = Duration::from_millis(200);
-/// One read of a raw file; a keeper reads at most [`READS_PER_TICK`] per poll.
-const READ_MAX: usize = 1 << 20;
-const READS_PER_TICK: usize = 8;
+/// One read of a raw file; a keeper reads at most [`READS_PER_TICK`] per
+/// poll (20 MiB/s, far above what a serial console carries).
+const READ_MAX: usize = 256 << 10;
+const READS_PER_TICK: usize = 16;
 /// The payload of one stream event.
 const EVENT_MAX: usize = 64 << 10;
-/// Chunks a follower may fall behind before it is told it lost some.
-const FOLLOW_BACKLOG: usize = 1024;
+/// Chunks a follower may fall behind before it is told it lost some. The
+/// channel holds them for the slowest follower, so this times [`READ_MAX`]
+/// bounds the memory a stalled follower can pin (32 MiB).
+const FOLLOW_BACKLOG: usize = 128;
 
 /// QEMU's raw files in the VM dir (`-chardev file`, `-D`).
 pub const QEMU_CONSOLE_RAW: &str = "console.raw";

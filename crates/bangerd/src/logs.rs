@@ -210,6 +210,16 @@ impl Keeper {
         any
     }
 
+    /// Pumps until the raw files are copied; bounded, in case the VMM
+    /// still writes (a kill that did not take).
+    fn drain(&self) {
+        for _ in 0..64 {
+            if !self.pump() {
+                break;
+            }
+        }
+    }
+
     fn note(&self, text: &str) {
         let mut feeds = lock(&self.feeds);
         let line = note_line(text);
@@ -318,12 +328,20 @@ async fn run(k: Arc<Keeper>, pid: u32, mut stop: watch::Receiver<bool>) {
         // Checked before the read: once the process is gone, everything it
         // wrote is in the file.
         let exited = !stopping && !banger_vmm::proc::is_alive(pid);
+        let last = stopping || exited;
         let k2 = k.clone();
-        let _ = tokio::task::spawn_blocking(move || while k2.pump() {}).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            if last {
+                k2.drain();
+            } else {
+                k2.pump();
+            }
+        })
+        .await;
         if exited && !k.expect_exit.load(Ordering::SeqCst) {
             k.note(&format!("the VMM (pid {pid}) exited"));
         }
-        if stopping || exited {
+        if last {
             break;
         }
     }
@@ -365,7 +383,7 @@ pub async fn stop(d: &Shared, rec: &VmRecord, h: &Handles) {
             let dir = dir(d, rec);
             let name = rec.name.clone();
             let _ = tokio::task::spawn_blocking(move || match Keeper::open(&name, &dir, &raw) {
-                Ok(k) => while k.pump() {},
+                Ok(k) => k.drain(),
                 Err(e) => tracing::warn!(vm = %name, error = %e, "cannot open the vm's logs"),
             })
             .await;

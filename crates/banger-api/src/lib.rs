@@ -5,6 +5,8 @@
 //! check made again behind it. No I/O lives in this crate.
 
 mod error;
+mod health;
+mod logs;
 mod name;
 mod size;
 mod stats;
@@ -13,6 +15,8 @@ mod vmset;
 mod workspace;
 
 pub use error::{ApiError, ErrorCode};
+pub use health::*;
+pub use logs::*;
 pub use name::{validate_vm_name, NameError};
 pub use size::{format_size, parse_size, parse_size_mib};
 pub use stats::*;

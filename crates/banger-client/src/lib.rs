@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use banger_api::{ApiError, ExecEvent, OP_ID_HEADER};
+use banger_api::{ApiError, ExecEvent, LogEvent, LogsQuery, OP_ID_HEADER};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -143,10 +143,20 @@ impl Client {
         let resp = self
             .send(Method::POST, &format!("/vms/{vm}/exec"), Some(body))
             .await?;
-        Ok(ExecStream {
-            body: resp.into_body(),
-            buf: BytesMut::new(),
-        })
+        Ok(EventStream::new(resp.into_body(), "exec stream"))
+    }
+
+    /// Reads (or, with `follow`, follows) a VM's log; read events with
+    /// [`EventStream::next`]. The stream ends with one `end` event.
+    pub async fn logs(&self, vm: &str, q: &LogsQuery) -> Result<LogStream, ClientError> {
+        let resp = self
+            .send(
+                Method::GET,
+                &format!("/vms/{vm}/logs?{}", q.to_query()),
+                None,
+            )
+            .await?;
+        Ok(EventStream::new(resp.into_body(), "log stream"))
     }
 }
 
@@ -177,19 +187,35 @@ async fn error_from(resp: hyper::Response<Incoming>) -> ClientError {
 }
 
 /// The event stream of one exec: newline-delimited [`ExecEvent`]s.
-pub struct ExecStream {
+pub type ExecStream = EventStream<ExecEvent>;
+/// The event stream of `vm logs`: newline-delimited [`LogEvent`]s.
+pub type LogStream = EventStream<LogEvent>;
+
+/// A streamed answer of newline-delimited JSON events.
+pub struct EventStream<T> {
     body: Incoming,
     buf: BytesMut,
+    what: &'static str,
+    _event: std::marker::PhantomData<fn() -> T>,
 }
 
-impl ExecStream {
+impl<T: DeserializeOwned> EventStream<T> {
+    fn new(body: Incoming, what: &'static str) -> Self {
+        EventStream {
+            body,
+            buf: BytesMut::new(),
+            what,
+            _event: std::marker::PhantomData,
+        }
+    }
+
     /// The next event, or `None` when the daemon closed the stream.
-    pub async fn next(&mut self) -> Result<Option<ExecEvent>, ClientError> {
+    pub async fn next(&mut self) -> Result<Option<T>, ClientError> {
         loop {
             if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 let line = self.buf.split_to(pos + 1);
                 let ev = serde_json::from_slice(&line[..pos])
-                    .map_err(|e| ClientError::Protocol(format!("exec stream: {e}")))?;
+                    .map_err(|e| ClientError::Protocol(format!("{}: {e}", self.what)))?;
                 return Ok(Some(ev));
             }
             match self.body.frame().await {
@@ -203,7 +229,7 @@ impl ExecStream {
                         }
                     }
                 }
-                Some(Err(e)) => return Err(ClientError::Protocol(format!("exec stream: {e}"))),
+                Some(Err(e)) => return Err(ClientError::Protocol(format!("{}: {e}", self.what))),
                 None => return Ok(None),
             }
         }

@@ -403,6 +403,12 @@ pub fn qemu_config(cfg: &QemuConfig, roots: &Roots) -> Result<(), Invalid> {
     managed_file("root_disk", &cfg.root_disk, state, &vm_state)?;
     managed_file("work_disk", &cfg.work_disk, state, &vm_state)?;
     managed_file("console_log", &cfg.console_log, state, &vm_state)?;
+    if let Some(log) = &cfg.vmm_log {
+        managed_file("vmm_log", log, state, &vm_state)?;
+        if *log == cfg.console_log {
+            return invalid("console_log and vmm_log must differ");
+        }
+    }
     managed_socket("agent_socket", &cfg.agent_socket, runtime, &vm_runtime)?;
     managed_socket("qmp_socket", &cfg.qmp_socket, runtime, &vm_runtime)?;
     if cfg.agent_socket == cfg.qmp_socket {

@@ -186,6 +186,7 @@ fn qemu_config(roots: &Roots) -> QemuConfig {
         qmp_socket: r.join("qmp.sock"),
         pidfile: roots.pidfile(VM),
         console_log: s.join("console.log"),
+        vmm_log: Some(s.join("vmm.raw")),
     }
 }
 

@@ -69,6 +69,29 @@ pub enum VmCmd {
     /// the guest agent, not over ssh), with the <name>.vm:<port> endpoint.
     #[command(after_help = "Examples:\n  banger vm ports box\n  banger vm ports box --json")]
     Ports(NameArg),
+    /// Print the guest console kept for a VM, or its VMM's log; -f follows.
+    ///
+    /// Works for running and stopped VMs: the console (kernel, systemd,
+    /// anything written to /dev/console) and, with --vmm, the VMM's own
+    /// messages are kept per VM. -f prints new output until the VM stops.
+    #[command(
+        after_help = "The console keeps the newest 4 to 8 MiB, the VMM log 1 to 2 MiB; both are\ndeleted with the VM. On a terminal, escape sequences other than colours are\ndropped; piped output is the guest's bytes as written.\n\nExamples:\n  banger vm logs box                  # everything kept, boot messages first\n  banger vm logs box -f               # ... then new output until the VM stops\n  banger vm logs box --since 5m       # output received in the last 5 minutes\n  banger vm logs box --vmm            # QEMU's messages, banger's launch/exit notes\n  banger vm logs box --json | jq -r .line"
+    )]
+    Logs(crate::logcmd::LogsArgs),
+    /// Ask the VM's guest agent for an answer and show the round trip.
+    #[command(
+        after_help = "Exit code: 0 when every ping was answered, else 1.\n\nExamples:\n  banger vm ping box                  # pong from box in 1.8 ms (agent v0.1.0)\n  banger vm ping box -c 5 -i 200ms\n  banger vm ping box --timeout 10s --json"
+    )]
+    Ping(crate::healthcmd::PingArgs),
+    /// Check a VM's state, VMM process and agent; exit 0 only when healthy.
+    ///
+    /// One verdict: healthy, degraded (the VMM runs but the agent does not
+    /// answer in time), down (the row says running but the VMM is gone),
+    /// stopped, creating or error.
+    #[command(
+        after_help = "Exit code: 0 healthy, 1 degraded, 2 not running (down, stopped, creating, error).\n\nExamples:\n  banger vm health box\n  banger vm health box --timeout 10s\n  banger vm health box --json | jq -r .status"
+    )]
+    Health(crate::healthcmd::HealthArgs),
     /// Copy a git checkout into a VM and bring the guest's changes back.
     #[command(subcommand)]
     Workspace(crate::wscmd::WorkspaceCmd),
@@ -396,6 +419,9 @@ pub async fn vm(layout: &Layout, cmd: VmCmd) -> anyhow::Result<u8> {
         VmCmd::Exec(a) => crate::wscmd::exec(layout, a).await,
         VmCmd::Ssh(a) => crate::wscmd::ssh(layout, a).await,
         VmCmd::Workspace(c) => crate::wscmd::workspace(layout, c).await,
+        VmCmd::Logs(a) => crate::logcmd::logs(layout, a).await,
+        VmCmd::Ping(a) => crate::healthcmd::ping(layout, a).await,
+        VmCmd::Health(a) => crate::healthcmd::health(layout, a).await,
         VmCmd::Start(a) => lifecycle(layout, "start", a).await,
         VmCmd::Stop(a) => lifecycle(layout, "stop", a).await,
         VmCmd::Restart(a) => lifecycle(layout, "restart", a).await,

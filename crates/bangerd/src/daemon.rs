@@ -101,6 +101,8 @@ pub struct Daemon {
     firecracker: tokio::sync::OnceCell<crate::backend::FcStatus>,
     /// The `.vm` DNS server's listeners (see [`crate::dns`]).
     pub dns: crate::dns::Dns,
+    /// Per-VM log keepers while their VMMs run (see [`crate::logs`]).
+    pub logs: crate::logs::Keepers,
 }
 
 pub type Shared = Arc<Daemon>;
@@ -124,6 +126,7 @@ impl Daemon {
             accel: tokio::sync::OnceCell::new(),
             firecracker: tokio::sync::OnceCell::new(),
             dns: Default::default(),
+            logs: Default::default(),
         }
     }
 

@@ -131,16 +131,29 @@ pub async fn launch(
         ],
         log: true,
     };
-    let launched = d
-        .helper
-        .launch_firecracker(op_id, &spec)
-        .await
-        .map_err(|e| ApiError::failed(format!("start firecracker: {e}")))?;
+    crate::logs::prepare_launch(d, rec);
+    let launched = match d.helper.launch_firecracker(op_id, &spec).await {
+        Ok(l) => l,
+        Err(e) => {
+            crate::logs::note(d, rec, &format!("firecracker did not start: {e}"));
+            return Err(ApiError::failed(format!("start firecracker: {e}")));
+        }
+    };
     h.pid = Some(launched.pid);
     h.api_socket = Some(launched.api_socket.clone());
     h.vsock_socket = Some(launched.vsock_socket.clone());
     h.jailed = spec.jailer;
     save(h)?;
+    crate::logs::note(
+        d,
+        rec,
+        &format!(
+            "firecracker v{version} started (pid {}, {})",
+            launched.pid,
+            if spec.jailer { "jailer" } else { "direct" }
+        ),
+    );
+    crate::logs::start(d, rec, h, launched.pid);
 
     fc::wait_for_socket(
         &launched.api_socket,
@@ -251,6 +264,18 @@ pub fn console_log(d: &Shared, rec: &VmRecord, h: &Handles) -> PathBuf {
             .layout
             .vm_dir(&rec.id)
             .join(banger_vmm::jailer::DIRECT_CONSOLE_NAME)
+    }
+}
+
+/// Where Firecracker's own log (`--log-path`) is written, on the host.
+pub fn vmm_log(d: &Shared, rec: &VmRecord, h: &Handles) -> PathBuf {
+    if h.jailed {
+        banger_vmm::jailer::JailerLayout::new(&d.cfg.layout.state_dir).log(&rec.id)
+    } else {
+        d.cfg
+            .layout
+            .vm_dir(&rec.id)
+            .join(banger_vmm::jailer::DIRECT_LOG_NAME)
     }
 }
 

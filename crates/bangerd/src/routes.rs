@@ -1,6 +1,6 @@
 //! Route table: thin handlers over the vm, image and doctor services.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -11,7 +11,7 @@ use banger_api::{
 
 use crate::daemon::Shared;
 use crate::server::{ndjson_body, Fail, OpId};
-use crate::{doctor, images, kernels, ports, ssh, stats, vm, vmset, workspace};
+use crate::{doctor, health, images, kernels, logs, ports, ssh, stats, vm, vmset, workspace};
 
 type Res<T> = Result<Json<T>, Fail>;
 
@@ -31,6 +31,9 @@ pub fn router(d: Shared, shutdown: std::sync::Arc<tokio::sync::Notify>) -> Route
         .route("/vms/{name}/ssh", get(ssh_info))
         .route("/vms/{name}/ports", get(vm_ports))
         .route("/vms/{name}/stats", get(vm_stats))
+        .route("/vms/{name}/logs", get(vm_logs))
+        .route("/vms/{name}/ping", post(ping_vm))
+        .route("/vms/{name}/health", get(vm_health))
         .route("/ssh-config", get(ssh_config))
         .route("/operations", get(list_ops))
         .route("/operations/{id}", get(get_op))
@@ -161,6 +164,34 @@ async fn exec_vm(
         .header("content-type", "application/x-ndjson")
         .body(ndjson_body(rx))
         .expect("static response parts"))
+}
+
+async fn vm_logs(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Query(q): Query<banger_api::LogsQuery>,
+) -> Result<Response, Fail> {
+    let rx = logs::stream(d, name, q).await?;
+    Ok(Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson_body(rx))
+        .expect("static response parts"))
+}
+
+async fn ping_vm(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Json(req): Json<banger_api::PingRequest>,
+) -> Res<banger_api::PingResult> {
+    Ok(Json(health::ping(d, name, req).await?))
+}
+
+async fn vm_health(
+    State(d): State<Shared>,
+    Path(name): Path<String>,
+    Query(q): Query<banger_api::HealthQuery>,
+) -> Res<banger_api::VmHealth> {
+    Ok(Json(health::health(d, name, q).await?))
 }
 
 async fn prepare_workspace(

@@ -388,15 +388,30 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
         agent_socket: run.join("agent.sock"),
         qmp_socket: run.join("qmp.sock"),
         pidfile: d.cfg.layout.vm_pidfile(&rec.id),
-        console_log: dir.join("console.log"),
+        console_log: dir.join(crate::logs::QEMU_CONSOLE_RAW),
+        vmm_log: Some(dir.join(crate::logs::QEMU_VMM_RAW)),
     };
-    let pid = d
-        .helper
-        .launch_qemu(&op_id, &cfg)
-        .await
-        .map_err(|e| ApiError::failed(format!("start qemu: {e}")))?;
+    crate::logs::prepare_launch(d, rec);
+    let pid = match d.helper.launch_qemu(&op_id, &cfg).await {
+        Ok(pid) => pid,
+        Err(e) => {
+            crate::logs::note(d, rec, &format!("qemu did not start: {e}"));
+            return Err(ApiError::failed(format!("start qemu: {e}")));
+        }
+    };
     h.pid = Some(pid);
     handles::save(&dir, &h).map_err(|e| ApiError::internal(format!("save handles: {e}")))?;
+    crate::logs::note(
+        d,
+        rec,
+        &format!(
+            "qemu started (pid {pid}, {}, {} vcpu, {} MiB)",
+            probe.accel.as_str(),
+            rec.vcpus,
+            rec.memory_mib
+        ),
+    );
+    crate::logs::start(d, rec, &h, pid);
 
     stage("boot");
     let deadline = tokio::time::Instant::now() + d.cfg.boot_timeout;
@@ -431,16 +446,8 @@ async fn watch_exit(pid: u32) {
 /// A boot error that carries the end of the guest console, which is where
 /// the reason usually is.
 fn boot_failure(d: &Shared, rec: &VmRecord, what: &str) -> ApiError {
-    let log = match Vmm::of(&rec.vmm) {
-        Vmm::Qemu => vm_dir(d, rec).join("console.log"),
-        Vmm::Firecracker => firecracker::console_log(d, rec, &handles::load(&vm_dir(d, rec))),
-    };
-    let tail = std::fs::read_to_string(&log)
-        .map(|s| {
-            let lines: Vec<&str> = s.lines().collect();
-            lines[lines.len().saturating_sub(15)..].join("\n")
-        })
-        .unwrap_or_default();
+    crate::logs::note(d, rec, &format!("boot failed: {what}"));
+    let (log, tail) = crate::logs::console_tail(d, rec, 15);
     ApiError::failed(format!(
         "guest did not become ready: {what}\nlast console lines ({}):\n{tail}",
         log.display()
@@ -453,8 +460,10 @@ async fn cleanup_runtime(d: &Shared, rec: &VmRecord) {
     let dir = vm_dir(d, rec);
     let h = handles::load(&dir);
     d.drop_agent(&rec.id);
+    let mut stopped = None;
     if let Some(pid) = h.pid {
         if banger_vmm::proc::is_alive(pid) {
+            crate::logs::expect_exit(d, rec);
             if let Err(e) = d.helper.kill_vmm("", &rec.id, pid).await {
                 tracing::warn!(vm = %rec.name, pid, error = %e, "kill vmm");
             }
@@ -462,7 +471,17 @@ async fn cleanup_runtime(d: &Shared, rec: &VmRecord) {
             while banger_vmm::proc::is_alive(pid) && t.elapsed() < Duration::from_secs(5) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            stopped = Some(pid);
         }
+    }
+    // Before the Firecracker cleanup removes the jail and its log files.
+    crate::logs::stop(d, rec, &h).await;
+    if let Some(pid) = stopped {
+        crate::logs::note(
+            d,
+            rec,
+            &format!("the VMM (pid {pid}) was stopped by banger"),
+        );
     }
     if Vmm::of(&rec.vmm) == Vmm::Firecracker {
         firecracker::cleanup(d, rec, &h).await;
@@ -493,7 +512,7 @@ pub(crate) fn is_running(d: &Shared, rec: &VmRecord) -> bool {
 }
 
 /// True when the handles' pid is still this VM's VMM (not a reused pid).
-fn vmm_alive(d: &Shared, rec: &VmRecord, h: &Handles) -> bool {
+pub(crate) fn vmm_alive(d: &Shared, rec: &VmRecord, h: &Handles) -> bool {
     h.pid.is_some_and(|pid| match Vmm::of(&rec.vmm) {
         Vmm::Qemu => banger_vmm::proc::is_vmm_for(pid, &d.cfg.layout.vm_pidfile(&rec.id)),
         Vmm::Firecracker => firecracker::is_ours(d, rec, h, pid),
@@ -789,6 +808,9 @@ pub async fn reconcile(d: &Shared) {
         match VmState::parse(&rec.state) {
             Some(VmState::Running) if alive => {
                 tracing::info!(vm = %rec.name, pid = ?h.pid, "reconcile: re-adopted running vm");
+                if let Some(pid) = h.pid {
+                    crate::logs::start(d, &rec, &h, pid);
+                }
             }
             Some(VmState::Creating) => {
                 tracing::warn!(vm = %rec.name, "reconcile: removing a vm whose create was interrupted");

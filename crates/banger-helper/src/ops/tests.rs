@@ -103,6 +103,7 @@ impl Env {
             qmp_socket: r.join("qmp.sock"),
             pidfile: self.cfg.roots.pidfile(VM),
             console_log: s.join("console.log"),
+            vmm_log: Some(s.join("vmm.raw")),
         }
     }
 }

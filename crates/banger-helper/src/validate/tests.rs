@@ -293,6 +293,7 @@ impl Tree {
             qmp_socket: r.join("qmp.sock"),
             pidfile: r.join("qemu.pid"),
             console_log: s.join("console.log"),
+            vmm_log: Some(s.join("vmm.raw")),
         }
     }
 }
@@ -419,6 +420,16 @@ fn qemu_config_paths_stay_in_their_trees() {
         &t,
         |c| c.console_log = t.roots.images_dir().join("console.log"),
         "outside",
+    );
+    refused(
+        &t,
+        |c| c.vmm_log = Some(t.roots.vm_state_dir(OTHER_VM).join("vmm.raw")),
+        "outside",
+    );
+    refused(
+        &t,
+        |c| c.vmm_log = Some(c.console_log.clone()),
+        "must differ",
     );
     // Images are for kernels and initrds only.
     refused(

@@ -5,7 +5,8 @@
 //! `/dev/vda`, virtio-blk work disk as `/dev/vdb`, virtio-net on a tap,
 //! virtio-rng, and a virtio-serial port named `banger.agent` whose host end
 //! is a Unix socket the daemon connects to. The serial console goes to a
-//! file. No vhost (not every host has it).
+//! file, QEMU's own messages to another (`-D`). No vhost (not every host
+//! has it).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -44,8 +45,13 @@ pub struct QemuConfig {
     /// QMP control socket (QEMU listens here).
     pub qmp_socket: PathBuf,
     pub pidfile: PathBuf,
-    /// The guest's serial console is appended here.
+    /// The guest's serial console is appended here (the daemon copies it
+    /// into the VM's capped log and frees what it copied).
     pub console_log: PathBuf,
+    /// QEMU's own log (`-D`): after `-daemonize` QEMU points its stderr
+    /// here instead of /dev/null, so its warnings and last words are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_log: Option<PathBuf>,
 }
 
 impl QemuConfig {
@@ -132,6 +138,12 @@ impl QemuConfig {
         ));
         push("-serial");
         push("chardev:console0");
+        if let Some(log) = &self.vmm_log {
+            push("-D");
+            push(&log.to_string_lossy());
+            push("-msg");
+            push("timestamp=on");
+        }
         push("-qmp");
         push(&format!(
             "unix:{},server=on,wait=off",
@@ -183,7 +195,8 @@ pub fn safe_init(init: &str) -> bool {
 
 /// Builds the guest kernel command line for a Debian image with the distro
 /// kernel and initramfs. Every value is typed, so no token can smuggle a
-/// space or an extra `key=value`.
+/// space or an extra `key=value`. The kernel logs to the console at its
+/// default level, so the kept console shows the boot.
 pub fn kernel_cmdline(id: &GuestIdentity) -> String {
     let mut parts = vec![
         "console=ttyS0".to_string(),
@@ -193,7 +206,9 @@ pub fn kernel_cmdline(id: &GuestIdentity) -> String {
         "net.ifnames=0".to_string(),
         "biosdevname=0".to_string(),
         "panic=-1".to_string(),
-        "quiet".to_string(),
+        // No `quiet`: the console log (`vm logs`) is where a guest that does
+        // not come up says why, and quiet leaves only the login prompt in it
+        // (~35 KB of boot messages; no measurable boot cost under TCG).
         "systemd.show_status=auto".to_string(),
         format!("banger.hostname={}", id.hostname),
         format!("banger.ip={}/{}", id.ip, id.prefix),

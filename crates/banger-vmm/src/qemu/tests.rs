@@ -16,7 +16,8 @@ fn cfg() -> QemuConfig {
         agent_socket: "/r/vms/0123456789ab/agent.sock".into(),
         qmp_socket: "/r/vms/0123456789ab/qmp.sock".into(),
         pidfile: "/r/vms/0123456789ab/qemu.pid".into(),
-        console_log: "/s/vms/0123456789ab/console.log".into(),
+        console_log: "/s/vms/0123456789ab/console.raw".into(),
+        vmm_log: Some("/s/vms/0123456789ab/vmm.raw".into()),
     }
 }
 
@@ -57,6 +58,25 @@ fn argv_wires_every_device() {
 }
 
 #[test]
+fn console_and_vmm_log_go_to_files() {
+    let a = args(&cfg());
+    assert!(value_of(&a, "-chardev")
+        .contains(&"file,id=console0,path=/s/vms/0123456789ab/console.raw,append=on"));
+    assert_eq!(value_of(&a, "-serial"), ["chardev:console0"]);
+    assert_eq!(value_of(&a, "-D"), ["/s/vms/0123456789ab/vmm.raw"]);
+    assert_eq!(value_of(&a, "-msg"), ["timestamp=on"]);
+    let mut c = cfg();
+    c.vmm_log = None;
+    let a = args(&c);
+    assert!(value_of(&a, "-D").is_empty() && value_of(&a, "-msg").is_empty());
+    // A daemon that sends no vmm_log (an older one) still parses.
+    let mut v = serde_json::to_value(cfg()).unwrap();
+    v.as_object_mut().unwrap().remove("vmm_log");
+    let back: QemuConfig = serde_json::from_value(v).unwrap();
+    assert_eq!(back.vmm_log, None);
+}
+
+#[test]
 fn kvm_uses_host_cpu() {
     let mut c = cfg();
     c.accel = Accel::Kvm;
@@ -88,6 +108,10 @@ fn cmdline_carries_identity() {
     assert!(line.contains("banger.ip=172.30.0.5/24"));
     assert!(line.contains("banger.gw=172.30.0.1"));
     assert!(!line.contains("banger.dns"));
+    // The kept console must show the kernel's and systemd's boot messages.
+    assert!(!line
+        .split(' ')
+        .any(|p| p == "quiet" || p.starts_with("loglevel=")));
     assert!(!line.contains("init="));
 }
 

@@ -10,6 +10,9 @@ use crate::{format_size, VmInfo, VmSpec};
 const MIB: u64 = 1 << 20;
 
 /// `PATCH /v1/vms/{name}`: what to change on a stopped VM; an absent field
+/// How many vCPUs a VM may have per host CPU.
+pub const VCPU_OVERCOMMIT: u32 = 4;
+
 /// stays as it is. The work disk only grows.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetVmRequest {
@@ -61,11 +64,15 @@ impl SetVmRequest {
             if v == 0 {
                 return Err("--vcpu must be at least 1".into());
             }
-            let max = limits.cpus.min(VmSpec::MAX_VCPUS);
+            // vCPUs may outnumber the host's CPUs (they time-share, as under
+            // any hypervisor), up to OVERCOMMIT of them; beyond that a guest
+            // mostly waits for a core.
+            let host_max = limits.cpus.saturating_mul(VCPU_OVERCOMMIT);
+            let max = host_max.min(VmSpec::MAX_VCPUS);
             if v > max {
-                return Err(if limits.cpus <= VmSpec::MAX_VCPUS {
+                return Err(if host_max <= VmSpec::MAX_VCPUS {
                     format!(
-                        "--vcpu {v} is more than this host's {} CPUs; the most a vm can have here is {max}",
+                        "--vcpu {v} is more than {VCPU_OVERCOMMIT} per CPU of this host's {} CPUs; the most a vm can have here is {max}",
                         limits.cpus
                     )
                 } else {
@@ -190,10 +197,13 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             e,
-            "--vcpu 4096 is more than this host's 8 CPUs; the most a vm can have here is 8"
+            "--vcpu 4096 is more than 4 per CPU of this host's 8 CPUs; the most a vm can have here is 32"
         );
+        let two = HostLimits { cpus: 2, ..host() };
+        assert_eq!(req(Some(4), None, None).apply(&cur, &two).unwrap().vcpus, 4);
+        assert!(req(Some(9), None, None).apply(&cur, &two).is_err());
         let big = HostLimits {
-            cpus: 256,
+            cpus: 64,
             ..host()
         };
         let e = req(Some(100), None, None).apply(&cur, &big).unwrap_err();

@@ -19,7 +19,7 @@ pub struct SetArgs {
     /// VM name.
     #[arg(add = crate::complete::vms())]
     name: String,
-    /// Virtual CPUs (at most this host's CPUs).
+    /// Virtual CPUs (at most 4 per CPU of this host, and 64).
     #[arg(long)]
     vcpu: Option<u32>,
     /// Memory, e.g. 512M, 2G (a bare number is MiB); at most this host's.

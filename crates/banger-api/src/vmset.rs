@@ -202,10 +202,7 @@ mod tests {
         let two = HostLimits { cpus: 2, ..host() };
         assert_eq!(req(Some(4), None, None).apply(&cur, &two).unwrap().vcpus, 4);
         assert!(req(Some(9), None, None).apply(&cur, &two).is_err());
-        let big = HostLimits {
-            cpus: 64,
-            ..host()
-        };
+        let big = HostLimits { cpus: 64, ..host() };
         let e = req(Some(100), None, None).apply(&cur, &big).unwrap_err();
         assert!(e.contains("banger's limit of 64"), "{e}");
     }

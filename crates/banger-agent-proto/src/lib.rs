@@ -65,6 +65,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "client")]
 pub mod client;
+pub mod procfs;
 
 /// Name of the virtio-serial port the agent listens on (QEMU backend).
 pub const VIRTIO_PORT_NAME: &str = "banger.agent";

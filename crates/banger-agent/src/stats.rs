@@ -2,6 +2,7 @@
 //! statvfs(3): CPUs online, memory (`MemTotal`, `MemAvailable`), load
 //! averages, uptime, and the filesystems at `/` and `/root` (the work disk).
 
+use banger_agent_proto::procfs::meminfo_field;
 use banger_agent_proto::{FsStat, GuestStats};
 
 /// The paths whose filesystems are reported, in this order.
@@ -11,7 +12,7 @@ pub fn collect() -> Result<GuestStats, String> {
     let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("read {p}: {e}"));
     let meminfo = read("/proc/meminfo")?;
     let field =
-        |k: &str| meminfo_bytes(&meminfo, k).ok_or_else(|| format!("no {k} in /proc/meminfo"));
+        |k: &str| meminfo_field(&meminfo, k).ok_or_else(|| format!("no {k} in /proc/meminfo"));
     Ok(GuestStats {
         cpus: cpus(),
         mem_total_bytes: field("MemTotal")?,
@@ -27,23 +28,6 @@ fn cpus() -> u32 {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     u32::try_from(n).ok().filter(|&n| n > 0).unwrap_or(1)
-}
-
-/// One `Key:   N kB` line of /proc/meminfo, in bytes.
-pub fn meminfo_bytes(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let (k, rest) = line.split_once(':')?;
-        if k != key {
-            return None;
-        }
-        let mut parts = rest.split_whitespace();
-        let n: u64 = parts.next()?.parse().ok()?;
-        match parts.next() {
-            Some("kB") => n.checked_mul(1024),
-            None => Some(n),
-            Some(_) => None,
-        }
-    })
 }
 
 /// `0.52 0.34 0.10 1/123 4567`: the first three numbers.
@@ -81,15 +65,6 @@ pub fn fs_from(path: &str, blocks: u64, free: u64, avail: u64, frsize: u64) -> F
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn meminfo_in_bytes() {
-        let text = "MemTotal:        1000512 kB\nMemFree:  10 kB\nMemAvailable:     812000 kB\n";
-        assert_eq!(meminfo_bytes(text, "MemTotal"), Some(1000512 * 1024));
-        assert_eq!(meminfo_bytes(text, "MemAvailable"), Some(812000 * 1024));
-        assert_eq!(meminfo_bytes(text, "Mem"), None);
-        assert_eq!(meminfo_bytes("MemTotal: x kB", "MemTotal"), None);
-    }
 
     #[test]
     fn loadavg_and_uptime() {

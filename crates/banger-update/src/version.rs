@@ -3,8 +3,6 @@
 
 use std::cmp::Ordering;
 
-use serde::Serialize;
-
 use crate::UpdateError;
 
 /// A parsed release version: `vMAJOR.MINOR.PATCH` with an optional
@@ -155,15 +153,11 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
     }
 }
 
-/// What a `banger` binary reports about its build.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BuildInfo {
-    pub version: String,
-    pub commit: String,
-    pub built_at: String,
-}
+/// What a `banger` binary reports about its build: the same record
+/// `install.toml` keeps, so the updater's result is written there as is.
+pub use banger_install::install_meta::BuildInfo;
 
-/// Parses `banger version --verbose`-style output: `version: X`,
+/// Parses the output of `banger version`: `version: X`,
 /// `commit: Y` and `built_at: Z` lines in any order, with any whitespace
 /// around keys and values; other lines are ignored. A missing, empty or
 /// repeated field is an error.

@@ -206,13 +206,8 @@ pub fn binary_build_info(banger_bin: &Path) -> anyhow::Result<BuildInfo> {
     if !out.status.success() {
         bail!("{} version failed ({})", banger_bin.display(), out.status);
     }
-    let info = banger_update::parse_version_output(&String::from_utf8_lossy(&out.stdout))
-        .with_context(|| format!("read the output of {} version", banger_bin.display()))?;
-    Ok(BuildInfo {
-        version: info.version,
-        commit: info.commit,
-        built_at: info.built_at,
-    })
+    banger_update::parse_version_output(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| format!("read the output of {} version", banger_bin.display()))
 }
 
 pub async fn install(args: InstallArgs) -> anyhow::Result<u8> {

@@ -31,6 +31,20 @@ pub const MAX_SOCKET_PATH: usize = 107;
 /// File name of a VM's QEMU pidfile inside its runtime dir.
 pub const VM_PIDFILE: &str = "qemu.pid";
 
+/// Finds `tool` on PATH, then in /usr/sbin and /sbin (root's tools when
+/// PATH is a user's), or takes it as given when it is a path.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    if tool.contains('/') {
+        return Path::new(tool).exists().then(|| tool.into());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     pub state_dir: PathBuf,
@@ -261,6 +275,13 @@ mod tests {
             missing.helper_socket(),
             missing.runtime_dir.join("helper.sock")
         );
+    }
+
+    #[test]
+    fn which_finds_sh_and_not_nonsense() {
+        assert!(which("sh").is_some());
+        assert!(which("/bin/sh").is_some());
+        assert!(which("definitely-not-a-tool-xyz").is_none());
     }
 
     #[test]

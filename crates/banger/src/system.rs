@@ -237,7 +237,7 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<u8> {
         sources.push((b, src));
     }
     let settings = banger_paths::Settings::from_env(Path::new(sys::CONFIG_FILE))?;
-    let qemu = which(banger_vmm::qemu::DEFAULT_QEMU_BIN).with_context(|| {
+    let qemu = banger_paths::which(banger_vmm::qemu::DEFAULT_QEMU_BIN).with_context(|| {
         format!(
             "{} not found on PATH; install qemu-system-x86 first",
             banger_vmm::qemu::DEFAULT_QEMU_BIN
@@ -329,18 +329,6 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<u8> {
         print!("{}", crate::table::render(&["WHAT", "WHERE"], &rows));
     }
     Ok(0)
-}
-
-/// `tool` on PATH (or /usr/sbin, /sbin), as an absolute path.
-fn which(tool: &str) -> Option<PathBuf> {
-    if tool.starts_with('/') {
-        return Path::new(tool).is_file().then(|| tool.into());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin".into(), "/usr/sbin".into(), "/sbin".into()])
-        .map(|d| d.join(tool))
-        .find(|p| p.is_absolute() && p.is_file())
 }
 
 pub async fn status(json: bool) -> anyhow::Result<u8> {

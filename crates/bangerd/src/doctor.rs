@@ -14,18 +14,7 @@ fn check(name: &str, status: CheckStatus, detail: impl Into<String>) -> DoctorCh
     }
 }
 
-/// Finds `tool` on PATH (or as given, when it is a path).
-pub fn which(tool: &str) -> Option<std::path::PathBuf> {
-    if tool.contains('/') {
-        return Path::new(tool).exists().then(|| tool.into());
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .chain(["/usr/sbin".into(), "/sbin".into()])
-            .map(|p| p.join(tool))
-            .find(|p| p.is_file())
-    })
-}
+use banger_paths::which;
 
 pub async fn report(d: &Shared) -> DoctorReport {
     let mut checks = Vec::new();
@@ -223,16 +212,4 @@ async fn firecracker_checks(d: &Shared) -> Vec<DoctorCheck> {
     };
     checks.push(vmm);
     checks
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn which_finds_sh_and_not_nonsense() {
-        assert!(which("sh").is_some());
-        assert!(which("/bin/sh").is_some());
-        assert!(which("definitely-not-a-tool-xyz").is_none());
-    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use banger_api::{CheckStatus, DaemonStatus, DoctorCheck};
 use banger_client::Client;
-use banger_install::install_meta::{self, BuildInfo, InstallMeta};
+use banger_install::install_meta::{BuildInfo, InstallMeta};
 use banger_install::plan::{Binary, InstallPlan, UninstallOptions};
 use banger_install::swap::{Swap, BACKUP_SUFFIX};
 use banger_install::units::{self, UnitParams};
@@ -175,22 +175,15 @@ pub async fn wait_daemon_ready(
     )
 }
 
-struct Owner {
-    name: String,
-    uid: u32,
-    gid: u32,
-    home: PathBuf,
-}
-
-fn lookup_owner(name: &str) -> anyhow::Result<Owner> {
+fn lookup_owner(name: &str) -> anyhow::Result<units::Owner> {
     let user = nix::unistd::User::from_name(name)
         .with_context(|| format!("look up user {name}"))?
         .with_context(|| format!("no user named {name:?}; pass --owner with an existing user"))?;
     if user.uid.is_root() {
         bail!("the owner must not be root: bangerd never runs as root in a system install; pass --owner <user>");
     }
-    Ok(Owner {
-        name: user.name,
+    Ok(units::Owner {
+        user: user.name,
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
         home: user.dir,
@@ -244,12 +237,7 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<u8> {
         )
     })?;
     let params = UnitParams::new(
-        units::Owner {
-            user: owner.name.clone(),
-            uid: owner.uid,
-            gid: owner.gid,
-            home: owner.home.clone(),
-        },
+        owner.clone(),
         units::VmmBins {
             firecracker: settings.firecracker_bin.clone(),
             jailer: settings.jailer_bin.clone(),
@@ -257,30 +245,21 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<u8> {
         },
     )?;
     let plan = InstallPlan::new("/");
-    eprintln!("installing banger for {} (uid {})", owner.name, owner.uid);
-    plan.create_dirs(owner.uid, owner.gid)?;
+    // What to go back to if this install fails: the previous install, or
+    // nothing at all.
+    let previous = plan.read_meta().ok();
+    eprintln!("installing banger for {} (uid {})", owner.user, owner.uid);
     let mut swap = Swap::new(BACKUP_SUFFIX)?;
-    let staged: Vec<(Binary, &Path)> = sources.iter().map(|(b, p)| (*b, p.as_path())).collect();
-    let placed = plan
-        .install_binaries(&mut swap, &staged)
-        .and_then(|()| plan.install_units(&mut swap, &params));
-    if let Err(e) = placed {
-        let rb = swap.rollback();
-        bail!(
-            "install files: {e}{}",
-            rb.err()
-                .map(|r| format!("; rollback: {r}"))
-                .unwrap_or_default()
-        );
-    }
-    let started = async {
+    let done = async {
+        plan.create_dirs(owner.uid, owner.gid)?;
+        let staged: Vec<(Binary, &Path)> = sources.iter().map(|(b, p)| (*b, p.as_path())).collect();
+        plan.install_binaries(&mut swap, &staged)?;
+        plan.install_units(&mut swap, &params)?;
         let build = binary_build_info(Path::new(sys::BANGER_BIN))?;
-        let installed_at = plan
-            .read_meta()
-            .map(|m| m.installed_at)
-            .unwrap_or_else(|_| install_meta::rfc3339_utc(std::time::SystemTime::now()));
         let mut meta = InstallMeta::new(params.owner(), &build);
-        meta.installed_at = installed_at;
+        if let Some(p) = &previous {
+            meta.installed_at = p.installed_at.clone();
+        }
         plan.write_meta(&meta)?;
         run_tool("systemd-tmpfiles", &["--create", sys::TMPFILES_FILE])?;
         systemctl(&["daemon-reload"])?;
@@ -289,13 +268,11 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<u8> {
         anyhow::Ok((build, st))
     }
     .await;
-    let (build, st) = match started {
+    let (build, st) = match done {
         Ok(v) => v,
         Err(e) => {
-            // Put back what this install replaced; a first install keeps its
-            // files so `journalctl -u` and a re-run can explain the failure.
-            let _ = swap.rollback();
-            return Err(e.context("install failed; the previous binaries and units are back"));
+            let undone = undo_install(&plan, &mut swap, previous.as_ref()).await;
+            return Err(e.context(format!("install failed; {undone}")));
         }
     };
     if let Err(e) = swap.cleanup_backups() {
@@ -314,14 +291,14 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<u8> {
     if args.json {
         crate::vmcmd::print_json(&serde_json::json!({
             "version": build.version,
-            "owner": owner.name,
+            "owner": owner.user,
             "placed": placed
                 .iter()
                 .map(|(what, place)| serde_json::json!({"what": what, "where": place}))
                 .collect::<Vec<_>>(),
         }))?;
     } else {
-        println!("installed {} for {}", build.version, owner.name);
+        println!("installed {} for {}", build.version, owner.user);
         let rows: Vec<Vec<String>> = placed
             .into_iter()
             .map(|(what, place)| vec![what.to_string(), place])
@@ -329,6 +306,61 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<u8> {
         print!("{}", crate::table::render(&["WHAT", "WHERE"], &rows));
     }
     Ok(0)
+}
+
+/// Puts the host back after a failed install: the previous install's
+/// binaries, units and record, restarted; or, for a first install, nothing
+/// of banger's at all (stopped, disabled, every file install added
+/// removed). Says which, and what could not be undone.
+async fn undo_install(
+    plan: &InstallPlan,
+    swap: &mut Swap,
+    previous: Option<&InstallMeta>,
+) -> String {
+    let mut problems = Vec::new();
+    let mut kept = Vec::new();
+    match previous {
+        Some(meta) => {
+            if let Err(e) = swap.rollback() {
+                problems.push(e.to_string());
+            }
+            if let Err(e) = plan.write_meta(meta) {
+                problems.push(e.to_string());
+            }
+            let _ = systemctl(&["daemon-reload"]);
+            if let Err(e) = restart_services(None).await {
+                problems.push(format!("{e:#}"));
+            }
+        }
+        None => {
+            let _ = systemctl(&["disable", "--now", sys::DAEMON_UNIT, sys::HELPER_UNIT]);
+            match plan.uninstall(UninstallOptions { purge: false }) {
+                Ok(report) => {
+                    kept = report
+                        .kept
+                        .iter()
+                        .map(|k| k.path.display().to_string())
+                        .collect()
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+            let _ = systemctl(&["daemon-reload"]);
+            let _ = systemctl(&["reset-failed", sys::DAEMON_UNIT, sys::HELPER_UNIT]);
+        }
+    }
+    let what = match (previous, kept.is_empty()) {
+        (Some(_), _) => "the previous install is back".to_string(),
+        (None, true) => "removed what it had added".to_string(),
+        (None, false) => format!(
+            "removed what it had added (kept data dirs that may predate it: {})",
+            kept.join(", ")
+        ),
+    };
+    if problems.is_empty() {
+        what
+    } else {
+        format!("{what}, except: {}", problems.join("; "))
+    }
 }
 
 pub async fn status(json: bool) -> anyhow::Result<u8> {

@@ -62,8 +62,8 @@ pub struct UninstallArgs {
     /// /var/cache/banger and /etc/banger.
     #[arg(long)]
     pub purge: bool,
-    /// Uninstall even while VMs are running (they are killed with the
-    /// helper's cgroup left behind; delete them first instead).
+    /// Uninstall even while VMs are running: they are stopped first (their
+    /// disks are kept, like any stopped VM's), so no VMM outlives the services.
     #[arg(long)]
     pub force: bool,
     /// Print the removed and kept paths as JSON instead of a table.
@@ -435,9 +435,23 @@ pub async fn uninstall(args: UninstallArgs) -> anyhow::Result<u8> {
     if let Ok(st) = client.get::<DaemonStatus>("/status").await {
         if st.vms_running > 0 && !args.force {
             bail!(
-                "{} VM(s) still running; delete them first (banger vm list), or pass --force",
+                "{} VM(s) still running; stop or delete them first (banger vm list), or pass --force to stop them",
                 st.vms_running
             );
+        }
+        // VMMs outlive the services (KillMode=process): stop the VMs while
+        // the daemon can still do it, or they would run on with nobody to
+        // manage them.
+        let vms: Vec<banger_api::VmInfo> = client.get("/vms").await?;
+        for vm in vms
+            .iter()
+            .filter(|v| v.state == banger_api::VmState::Running)
+        {
+            let _: banger_api::VmInfo = client
+                .post(&format!("/vms/{}/stop", vm.name), &serde_json::json!({}))
+                .await
+                .with_context(|| format!("stop vm {} before uninstalling", vm.name))?;
+            eprintln!("stopped vm {}", vm.name);
         }
     }
     for unit in [sys::DAEMON_UNIT, sys::HELPER_UNIT] {

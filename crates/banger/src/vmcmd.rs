@@ -47,7 +47,7 @@ pub enum VmCmd {
     /// Change a stopped VM's vCPUs, memory or work disk size; the next
     /// start uses them. The work disk (/root) only grows, keeping its files.
     #[command(
-        after_help = "Examples:\n  banger vm stop box && banger vm set box --vcpu 4 --memory 4G && banger vm start box\n  banger vm set box --disk 20G            # grow /root in place\n  banger vm set box --memory 512M --json\n\nLimits: vcpus up to this host's CPUs, memory from 128 MiB up to this host's\nMemTotal, disk growth up to the free space where banger keeps its state."
+        after_help = "Examples:\n  banger vm stop box && banger vm set box --vcpu 4 --memory 4G && banger vm start box\n  banger vm set box --disk 20G            # grow /root in place\n  banger vm set box --memory 512M --json\n\nLimits: vcpus up to 4 per CPU of this host (and 64), memory from 128 MiB up to this host's\nMemTotal, disk growth up to the free space where banger keeps its state."
     )]
     Set(crate::vmset::SetArgs),
     /// What a VM uses: VMM CPU time and memory, disk space, network bytes

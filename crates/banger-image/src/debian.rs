@@ -46,7 +46,12 @@ After=systemd-udevd.service local-fs.target
 Wants=systemd-udevd.service
 # Commands run in /root, the work disk: never answer before it is mounted.
 RequiresMountsFor=/root
-Before=network-online.target ssh.service
+# The daemon calls a VM ready when the agent answers, and users ssh in
+# right after: start after sshd (Type=notify, so it is listening by then).
+# Only an ordering: a guest without sshd, or whose sshd fails, still gets
+# its agent.
+After=ssh.service sshd.service
+Before=network-online.target
 
 [Service]
 Type=simple

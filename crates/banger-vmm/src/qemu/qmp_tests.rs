@@ -19,14 +19,15 @@ struct QemuGuard {
 
 impl Drop for QemuGuard {
     fn drop(&mut self) {
+        // SIGKILL also ends a SIGSTOPped QEMU; reap it here so no zombie
+        // (or live QEMU) outlives the test.
         let _ = self.child.start_kill();
-        // Reap it now so no zombie outlives the test.
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-CONT", &pid.to_string()])
-                .status();
+        for _ in 0..200 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = self.child.try_wait();
     }
 }
 

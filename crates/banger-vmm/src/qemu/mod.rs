@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::accel::Accel;
 use crate::spawn::drop_privileges;
 pub use crate::spawn::owner_groups;
+pub mod qmp;
 
 /// Default QEMU binary.
 pub const DEFAULT_QEMU_BIN: &str = "qemu-system-x86_64";

@@ -34,7 +34,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::{decode, decode_data, encode, Event, GuestFrame, HostFrame, Line, LineSplitter};
-use crate::{GuestStats, ListenPort, ProtoError, Request, MAX_CHUNK_IN_BYTES};
+use crate::{GuestStats, ListenPort, NewIdentity, ProtoError, Request, MAX_CHUNK_IN_BYTES};
 
 /// Interval between readiness probes in [`wait_ready`].
 const READY_RETRY: Duration = Duration::from_millis(200);
@@ -91,6 +91,10 @@ pub struct Pong {
     pub boot_id: String,
     pub hostname: String,
     pub agent_version: String,
+    /// The instance id the guest took on with the last successful
+    /// [`AgentClient::reidentify`] since it booted; `None` before that, and
+    /// from agents that predate warm starts.
+    pub instance_id: Option<String>,
 }
 
 /// What an upload ([`AgentClient::tar_in`]) did in the guest.
@@ -196,10 +200,12 @@ impl AgentClient {
                 boot_id,
                 hostname,
                 agent_version,
+                instance_id,
             } => Ok(Pong {
                 boot_id,
                 hostname,
                 agent_version,
+                instance_id,
             }),
             other => Err(unexpected("ping", &other)),
         }
@@ -228,6 +234,20 @@ impl AgentClient {
     /// Flushes the guest's filesystems; returns once sync(2) returned there.
     pub async fn sync(&self, timeout: Duration) -> Result<(), ClientError> {
         self.call_ok("sync", Request::Sync, timeout).await
+    }
+
+    /// Gives a guest restored from a memory snapshot its own identity
+    /// (network, hostname, clock, entropy, machine-id, SSH host key; see
+    /// [`Request::Reidentify`]). Returns once the agent applied all of it.
+    /// An invalid field is refused before anything changes; a step failing
+    /// later is [`ClientError::Agent`] naming that step, with the earlier
+    /// steps applied. An agent too old to know the request answers with an
+    /// Error ("unsupported request"), also [`ClientError::Agent`].
+    pub async fn reidentify(&self, id: &NewIdentity, timeout: Duration) -> Result<(), ClientError> {
+        let req = Request::Reidentify {
+            identity: id.clone(),
+        };
+        self.call_ok("reidentify", req, timeout).await
     }
 
     /// Syncs and powers the guest off. Returns when the agent acknowledged;

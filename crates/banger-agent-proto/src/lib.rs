@@ -129,6 +129,80 @@ pub enum Request {
     /// The guest's CPUs, memory, load, uptime and the filesystems at `/`
     /// and `/root`; answered with [`Event::Stats`].
     Stats,
+    /// Gives a VM restored from a memory snapshot (a warm start) its own
+    /// identity: every clone of one snapshot wakes up with the template's
+    /// MAC, address, hostname, clock, random state, machine-id and SSH host
+    /// key, so the host sends this before any user command runs. The agent
+    /// validates every field first (an invalid one changes nothing), then
+    /// applies them in a fixed order and stops at the first step that
+    /// fails. Answered with [`Event::Ok`], or [`Event::Error`] whose message
+    /// names that step (e.g. "set mac on eth0: ..."). An agent from before
+    /// this request answers with an Error ("unsupported request").
+    Reidentify { identity: NewIdentity },
+}
+
+/// A restored VM's own identity (warm starts, [`Request::Reidentify`]).
+/// Every field is validated by the agent.
+///
+/// `Debug` leaves out the secrets (`entropy`, `ssh_host_key`), so logging a
+/// request does not leak the VM's host key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewIdentity {
+    /// RFC 1123 label(s), dot separated, at most 64 bytes.
+    pub hostname: String,
+    /// `52:54:00:xx:xx:xx`: lowercase hex, unicast.
+    pub mac: String,
+    /// `A.B.C.D/PREFIX`.
+    pub ip: String,
+    /// `A.B.C.D`, inside the `ip` subnet.
+    pub gateway: String,
+    /// Name servers (`A.B.C.D`); empty leaves /etc/resolv.conf alone.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// The interface to configure; `None` means `eth0`.
+    #[serde(default)]
+    pub iface: Option<String>,
+    /// The host's wall clock when sent, in nanoseconds since the Unix epoch:
+    /// the restored guest's clock stands where the snapshot was taken.
+    pub unix_time_ns: u64,
+    /// Base64 (standard alphabet, padded) of 32 to 512 random bytes, mixed
+    /// into the guest's pool and followed by a CRNG reseed, so clones stop
+    /// sharing the template's random stream.
+    pub entropy: String,
+    /// 32 lowercase hex characters, not all zero (/etc/machine-id).
+    pub machine_id: String,
+    /// OpenSSH ed25519 private key text (`-----BEGIN OPENSSH PRIVATE KEY-----`).
+    pub ssh_host_key: String,
+    /// Its public key, one line (`ssh-ed25519 AAAA... [comment]`).
+    pub ssh_host_key_pub: String,
+    /// Content for /root/.ssh/authorized_keys.
+    pub authorized_keys: String,
+    /// 1 to 64 characters of `[A-Za-z0-9-]`; reported back in
+    /// [`Event::Pong`] from then on.
+    pub instance_id: String,
+}
+
+impl std::fmt::Debug for NewIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewIdentity")
+            .field("hostname", &self.hostname)
+            .field("mac", &self.mac)
+            .field("ip", &self.ip)
+            .field("gateway", &self.gateway)
+            .field("dns", &self.dns)
+            .field("iface", &self.iface)
+            .field("unix_time_ns", &self.unix_time_ns)
+            .field(
+                "entropy",
+                &format_args!("<{} base64 chars>", self.entropy.len()),
+            )
+            .field("machine_id", &self.machine_id)
+            .field("ssh_host_key", &format_args!("<redacted>"))
+            .field("ssh_host_key_pub", &self.ssh_host_key_pub)
+            .field("authorized_keys", &self.authorized_keys)
+            .field("instance_id", &self.instance_id)
+            .finish()
+    }
 }
 
 /// An event from the guest, answering the request with the same id.
@@ -147,6 +221,11 @@ pub enum Event {
         boot_id: String,
         hostname: String,
         agent_version: String,
+        /// The instance id of the last [`Request::Reidentify`] that succeeded
+        /// in this guest since it booted (kept across agent restarts); `None`
+        /// before any, and from agents that predate the field.
+        #[serde(default)]
+        instance_id: Option<String>,
     },
     /// Base64 of bytes the command wrote to stdout.
     Stdout { data: String },
@@ -154,7 +233,7 @@ pub enum Event {
     Stderr { data: String },
     /// The command ended: its exit code, or 128+N when killed by signal N.
     Exit { code: i32 },
-    /// The request succeeded (Sync, Poweroff).
+    /// The request succeeded (Sync, Poweroff, Reidentify).
     Ok,
     /// An upload ([`Request::TarIn`]) was unpacked: how many archive entries
     /// were extracted, and how many bytes of regular-file content written.
@@ -639,6 +718,108 @@ mod tests {
         assert!(g.event.is_final());
         // An agent from before this request says so with an Error: parsing
         // the request fails on its side, nothing else breaks.
+    }
+
+    fn sample_identity() -> NewIdentity {
+        NewIdentity {
+            hostname: "web-2".into(),
+            mac: "52:54:00:1e:00:07".into(),
+            ip: "172.30.0.7/24".into(),
+            gateway: "172.30.0.1".into(),
+            dns: vec!["172.30.0.1".into()],
+            iface: None,
+            unix_time_ns: 1_700_000_000_123_456_789,
+            entropy: "AAECAw==".into(),
+            machine_id: "0123456789abcdef0123456789abcdef".into(),
+            ssh_host_key:
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n".into(),
+            ssh_host_key_pub: "ssh-ed25519 AAAAC3Nz web-2".into(),
+            authorized_keys: "ssh-ed25519 AAAAC3Nz banger\n".into(),
+            instance_id: "vm-7".into(),
+        }
+    }
+
+    #[test]
+    fn reidentify_frames_are_flat_tagged_lines() {
+        let f = HostFrame {
+            id: 11,
+            req: Request::Reidentify {
+                identity: sample_identity(),
+            },
+        };
+        let line = encode(&f);
+        assert_eq!(
+            std::str::from_utf8(&line).unwrap(),
+            concat!(
+                r#"{"id":11,"type":"reidentify","identity":{"hostname":"web-2","#,
+                r#""mac":"52:54:00:1e:00:07","ip":"172.30.0.7/24","gateway":"172.30.0.1","#,
+                r#""dns":["172.30.0.1"],"iface":null,"unix_time_ns":1700000000123456789,"#,
+                r#""entropy":"AAECAw==","machine_id":"0123456789abcdef0123456789abcdef","#,
+                r#""ssh_host_key":"-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n","#,
+                r#""ssh_host_key_pub":"ssh-ed25519 AAAAC3Nz web-2","#,
+                r#""authorized_keys":"ssh-ed25519 AAAAC3Nz banger\n","instance_id":"vm-7"}}"#,
+                "\n"
+            )
+        );
+        assert_eq!(decode::<HostFrame>(&line).unwrap(), f);
+
+        // dns and iface may be left out.
+        let short: HostFrame = decode(
+            concat!(
+                r#"{"id":1,"type":"reidentify","identity":{"hostname":"a","mac":"52:54:00:00:00:01","#,
+                r#""ip":"10.0.0.2/24","gateway":"10.0.0.1","unix_time_ns":1,"entropy":"","#,
+                r#""machine_id":"","ssh_host_key":"","ssh_host_key_pub":"","authorized_keys":"","#,
+                r#""instance_id":"i"}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let Request::Reidentify { identity } = short.req else {
+            panic!("expected Reidentify: {short:?}");
+        };
+        assert!(identity.dns.is_empty());
+        assert_eq!(identity.iface, None);
+        assert_eq!(identity.hostname, "a");
+    }
+
+    #[test]
+    fn identity_debug_hides_the_secrets() {
+        let shown = format!("{:?}", sample_identity());
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+        assert!(!shown.contains("AAECAw=="), "{shown}");
+        assert!(shown.contains("52:54:00:1e:00:07"), "{shown}");
+    }
+
+    #[test]
+    fn pong_carries_the_instance_id_and_old_pongs_decode() {
+        let old: GuestFrame = decode(
+            br#"{"id":2,"type":"pong","boot_id":"b","hostname":"h","agent_version":"0.1.0"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            old.event,
+            Event::Pong {
+                boot_id: "b".into(),
+                hostname: "h".into(),
+                agent_version: "0.1.0".into(),
+                instance_id: None,
+            }
+        );
+        let g = GuestFrame {
+            id: 2,
+            event: Event::Pong {
+                boot_id: "b".into(),
+                hostname: "h".into(),
+                agent_version: "0.1.0".into(),
+                instance_id: Some("vm-7".into()),
+            },
+        };
+        let line = encode(&g);
+        assert_eq!(
+            std::str::from_utf8(&line).unwrap(),
+            "{\"id\":2,\"type\":\"pong\",\"boot_id\":\"b\",\"hostname\":\"h\",\"agent_version\":\"0.1.0\",\"instance_id\":\"vm-7\"}\n"
+        );
+        assert_eq!(decode::<GuestFrame>(&line).unwrap(), g);
     }
 
     #[test]

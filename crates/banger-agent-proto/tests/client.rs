@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use banger_agent_proto::client::{wait_ready, AgentClient, ClientError, ExecEvent, TarInReport};
 use banger_agent_proto::{decode, encode, Event, GuestFrame, HostFrame, Request};
 use banger_agent_proto::{HostDecoder, HostInput, MAX_CHUNK_IN_BYTES};
-use banger_agent_proto::{ListenPort, PortProto};
+use banger_agent_proto::{ListenPort, NewIdentity, PortProto};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
@@ -68,6 +68,7 @@ fn pong() -> Event {
         boot_id: "b00t".into(),
         hostname: "vm".into(),
         agent_version: "0.1.0".into(),
+        instance_id: None,
     }
 }
 
@@ -168,6 +169,115 @@ async fn ports_returns_the_listed_sockets() {
         ),
         "{err}"
     );
+}
+
+fn new_identity() -> NewIdentity {
+    NewIdentity {
+        hostname: "web-2".into(),
+        mac: "52:54:00:1e:00:07".into(),
+        ip: "172.30.0.7/24".into(),
+        gateway: "172.30.0.1".into(),
+        dns: vec![],
+        iface: Some("eth0".into()),
+        unix_time_ns: 1_700_000_000_000_000_000,
+        entropy: "AAECAw==".into(),
+        machine_id: "0123456789abcdef0123456789abcdef".into(),
+        ssh_host_key: "key".into(),
+        ssh_host_key_pub: "ssh-ed25519 AAAA".into(),
+        authorized_keys: "ssh-ed25519 AAAA banger\n".into(),
+        instance_id: "vm-7".into(),
+    }
+}
+
+#[tokio::test]
+async fn reidentify_sends_the_identity_and_waits_for_ok() {
+    let (client, mut peer) = pair();
+    let id = new_identity();
+    let c = client.clone();
+    let sent = id.clone();
+    let call = tokio::spawn(async move { c.reidentify(&sent, T).await });
+    let f = peer.recv().await;
+    assert_eq!(
+        f.req,
+        Request::Reidentify {
+            identity: id.clone()
+        }
+    );
+    peer.send(f.id, Event::Ok).await;
+    call.await.unwrap().unwrap();
+
+    // The guest now reports the instance id in its Pong.
+    let c = client.clone();
+    let ping = tokio::spawn(async move { c.ping(T).await });
+    let f = peer.recv().await;
+    peer.send(
+        f.id,
+        Event::Pong {
+            boot_id: "b00t".into(),
+            hostname: "web-2".into(),
+            agent_version: "0.2.0".into(),
+            instance_id: Some("vm-7".into()),
+        },
+    )
+    .await;
+    assert_eq!(
+        ping.await.unwrap().unwrap().instance_id.as_deref(),
+        Some("vm-7")
+    );
+
+    // A failed step comes back as an Agent error naming the request.
+    let c = client.clone();
+    let sent = id.clone();
+    let call = tokio::spawn(async move { c.reidentify(&sent, T).await });
+    let f = peer.recv().await;
+    peer.send(
+        f.id,
+        Event::Error {
+            message: "set mac on eth0: RTNETLINK answers: Operation not permitted".into(),
+        },
+    )
+    .await;
+    let err = call.await.unwrap().unwrap_err();
+    match err {
+        ClientError::Agent { request, message } => {
+            assert_eq!(request, "reidentify");
+            assert!(message.starts_with("set mac on eth0: "), "{message}");
+        }
+        other => panic!("expected an Agent error, got {other}"),
+    }
+
+    // A wrong answer is Unexpected; no answer at all is a Timeout.
+    let c = client.clone();
+    let sent = id.clone();
+    let call = tokio::spawn(async move { c.reidentify(&sent, T).await });
+    let f = peer.recv().await;
+    peer.send(f.id, pong()).await;
+    let err = call.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Unexpected {
+                request: "reidentify",
+                event: "pong"
+            }
+        ),
+        "{err}"
+    );
+    let err = client
+        .reidentify(&id, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Timeout {
+                request: "reidentify",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!client.is_closed());
 }
 
 #[tokio::test]

@@ -243,6 +243,7 @@ fn handle(id: u64, req: Request, out: &Arc<Out>, power_off: PowerOff) {
                 boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
                 hostname: read_trimmed("/proc/sys/kernel/hostname"),
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+                instance_id: None,
             },
         ),
         Request::Ports => match crate::ports::list() {
@@ -254,6 +255,7 @@ fn handle(id: u64, req: Request, out: &Arc<Out>, power_off: PowerOff) {
             Err(message) => out.error(id, message),
         },
         Request::Exec { argv, env, cwd } => exec::run(id, &argv, &env, cwd.as_deref(), out),
+        Request::Reidentify { .. } => out.error(id, "unsupported request: reidentify"),
         Request::Sync => {
             sync();
             out.send(id, Event::Ok);

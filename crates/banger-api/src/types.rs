@@ -126,6 +126,10 @@ pub struct VmInfo {
     /// Outbound NAT for the guest (`--nat`).
     #[serde(default)]
     pub nat: bool,
+    /// The warm snapshot this VM was restored from at create (its disks
+    /// are copy-on-write clones of the snapshot's); absent after a cold boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_snapshot: Option<String>,
     /// The prepared workspace, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<crate::WorkspaceInfo>,
@@ -151,6 +155,54 @@ pub struct CreateVmRequest {
     /// Masquerade the guest's traffic out of the host's uplink.
     #[serde(default)]
     pub nat: bool,
+    /// Boot from scratch even when a warm snapshot of the image matches.
+    #[serde(default)]
+    pub cold: bool,
+}
+
+/// A warm snapshot: a booted guest of one image and shape, saved once its
+/// agent answered, that new VMs are restored from (`banger image warm`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmSnapshotInfo {
+    /// Short id: the first 16 hex digits of the hash of everything below
+    /// that must match for a restore.
+    pub id: String,
+    pub image: String,
+    pub vmm: String,
+    pub accel: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub work_disk_mib: u64,
+    /// `qemu-system-x86_64 --version` (or the Firecracker version).
+    pub vmm_version: String,
+    /// Hash of the guest agent binary the snapshot was made with.
+    pub agent: String,
+    /// False once the image, kernel, agent or VMM changed: the next run of
+    /// that image and shape boots cold and builds a new snapshot.
+    pub current: bool,
+    /// VMs whose disks are copy-on-write clones of this snapshot's disks;
+    /// it cannot be removed while there are any.
+    pub used_by: Vec<String>,
+    pub bytes: u64,
+    pub created_at: i64,
+    /// How long the snapshot took to build (one cold boot plus the save).
+    pub build_ms: u64,
+}
+
+/// `POST /v1/images/{name}/warm`: build the warm snapshot of one shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmImageRequest {
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+    #[serde(default)]
+    pub work_disk_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<VmmChoice>,
+    /// Rebuild even when a current snapshot exists.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Which VMM a VM runs under. `Auto` picks Firecracker when it is installed
@@ -211,6 +263,10 @@ pub struct OperationInfo {
     /// Last progress line of the running stage (e.g. an image build step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
+    /// One-line notes worth showing once, in order (e.g. why a VM booted
+    /// cold instead of from a warm snapshot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub done: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ApiError>,

@@ -180,6 +180,7 @@ fn qemu_config(roots: &Roots) -> QemuConfig {
         cmdline: "console=ttyS0".into(),
         root_disk: s.join("root.qcow2"),
         work_disk: s.join("work.ext4"),
+        work_format: banger_vmm::qemu::DiskFormat::Raw,
         tap: banger_net::tap_name_for(VM),
         mac: "52:54:00:1e:00:02".into(),
         agent_socket: r.join("agent.sock"),
@@ -187,6 +188,7 @@ fn qemu_config(roots: &Roots) -> QemuConfig {
         pidfile: roots.pidfile(VM),
         console_log: s.join("console.log"),
         vmm_log: Some(s.join("vmm.raw")),
+        incoming: false,
     }
 }
 

@@ -22,6 +22,10 @@
 //! # "off". Env: BANGER_DNS_ADDR. The daemon also listens on the bridge's
 //! # address, same port, once the bridge exists.
 //! dns_addr = "127.0.0.1:42069"
+//! # Start new VMs by restoring a snapshot of a booted guest of the same
+//! # image and shape (built on first use, `banger image warm`), or boot
+//! # every VM from scratch. Env: BANGER_WARM.
+//! warm = true
 //! ```
 //!
 //! Unknown keys are refused, so a typo never silently means "default".
@@ -62,6 +66,8 @@ pub struct Settings {
     pub tap_pool: usize,
     /// The `.vm` DNS server's address; `None` when set to `off`.
     pub dns_addr: Option<SocketAddrV4>,
+    /// Warm starts: restore new VMs from a snapshot of a booted guest.
+    pub warm: bool,
 }
 
 /// Most warm taps a pool may hold.
@@ -95,6 +101,7 @@ impl Default for Settings {
             default_kernel: DEFAULT_KERNEL.to_string(),
             tap_pool: 4,
             dns_addr: Some(DEFAULT_DNS_ADDR),
+            warm: true,
         }
     }
 }
@@ -111,6 +118,7 @@ struct File {
     default_kernel: Option<String>,
     tap_pool: Option<usize>,
     dns_addr: Option<String>,
+    warm: Option<bool>,
 }
 
 impl Settings {
@@ -165,6 +173,10 @@ impl Settings {
             s.dns_addr = parse_dns_addr(&a).map_err(|m| parse_err(format!("dns_addr: {m}")))?;
         }
 
+        if let Some(w) = file.warm {
+            s.warm = w;
+        }
+
         let env = |k| env(k).filter(|v: &String| !v.is_empty());
         if let Some(v) = env("BANGER_VMM") {
             s.vmm = v.parse().map_err(|message| SettingsError::Env {
@@ -205,18 +217,20 @@ impl Settings {
         if let Some(p) = env("BANGER_JAILER_BIN") {
             s.jailer_bin = p.into();
         }
-        if let Some(v) = env("BANGER_JAILER") {
-            s.jailer = match v.as_str() {
-                "1" | "true" | "yes" => true,
-                "0" | "false" | "no" => false,
-                _ => {
-                    return Err(SettingsError::Env {
-                        var: "BANGER_JAILER",
-                        value: v,
-                        message: "expected true or false".into(),
-                    })
-                }
-            };
+        for (var, field) in [("BANGER_JAILER", &mut s.jailer), ("BANGER_WARM", &mut s.warm)] {
+            if let Some(v) = env(var) {
+                *field = match v.as_str() {
+                    "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" => false,
+                    _ => {
+                        return Err(SettingsError::Env {
+                            var,
+                            value: v,
+                            message: "expected true or false".into(),
+                        })
+                    }
+                };
+            }
         }
         let scheme = s.catalog_url.get(..8).unwrap_or("").to_ascii_lowercase();
         if !(scheme.starts_with("file://")
@@ -353,6 +367,16 @@ mod tests {
         .unwrap();
         assert_eq!(s.vmm, VmmChoice::Firecracker);
         assert!(s.jailer);
+    }
+
+    #[test]
+    fn warm_starts_are_on_unless_turned_off() {
+        assert!(load(None, &[]).unwrap().warm);
+        assert!(!load(Some("warm = false\n"), &[]).unwrap().warm);
+        assert!(!load(None, &[("BANGER_WARM", "0")]).unwrap().warm);
+        assert!(load(Some("warm = false\n"), &[("BANGER_WARM", "yes")]).unwrap().warm);
+        let e = load(None, &[("BANGER_WARM", "perhaps")]).unwrap_err().to_string();
+        assert!(e.contains("BANGER_WARM") && e.contains("perhaps"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use banger_api::{
     format_size, BuildImageRequest, CachePruneRequest, CachePruneResult, CatalogKernel, ImageInfo,
     ImportImageRequest, ImportKernelRequest, KernelInfo, OperationInfo, PullImageRequest,
-    PullKernelRequest, RegisterImageRequest,
+    PullKernelRequest, RegisterImageRequest, WarmImageRequest, WarmSnapshotInfo,
 };
 use banger_client::Client;
 use banger_paths::Layout;
@@ -45,6 +45,21 @@ pub enum ImageCmd {
     Register(RegisterArgs),
     /// Copy a registered image's files into banger's store.
     Promote(ImageName),
+    /// Make the warm snapshot new VMs of an image and shape are restored
+    /// from (otherwise made by the first `vm run`/`vm create` that needs it).
+    #[command(
+        after_help = "A warm snapshot is a booted guest saved once its agent answered; `vm run` and\n`vm create` restore it (about a second) instead of booting (tens of seconds under\nsoftware emulation). One per image and shape (vCPUs, memory, work disk); a change\nof the image, kernel, guest agent or QEMU makes it stale, and the next run builds\na new one. `--cold` on vm run/create skips it; `warm = false` in config.toml\nturns warm starts off.\n\nExamples:\n  banger image warm debian-bookworm\n  banger image warm debian-bookworm --vcpu 4 --memory 2G\n  banger image snapshots\n  banger image unwarm debian-bookworm"
+    )]
+    Warm(WarmArgs),
+    /// List warm snapshots.
+    #[command(alias = "snaps")]
+    Snapshots(JsonFlag),
+    /// Remove warm snapshots: one by id, or every one of an image (refused
+    /// for one that running VMs' disks back onto).
+    #[command(
+        after_help = "Examples:\n  banger image unwarm debian-bookworm\n  banger image unwarm 3f2a9c0d1e2b4a5c"
+    )]
+    Unwarm(UnwarmArgs),
     /// The OCI blob cache (layers kept to avoid re-downloads).
     #[command(subcommand)]
     Cache(CacheCmd),
@@ -116,6 +131,38 @@ pub struct ImageName {
     /// Image name.
     #[arg(add = crate::complete::images())]
     name: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WarmArgs {
+    /// Image name.
+    #[arg(add = crate::complete::images())]
+    image: String,
+    /// Virtual CPUs of the VMs to restore (default 2).
+    #[arg(long)]
+    vcpu: Option<u32>,
+    /// Their memory, e.g. 512M, 2G (a bare number is MiB; default 1G).
+    #[arg(long)]
+    memory: Option<String>,
+    /// Their work disk (/root) size (default 8G).
+    #[arg(long)]
+    disk: Option<String>,
+    /// Rebuild even when a current snapshot exists.
+    #[arg(long)]
+    force: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UnwarmArgs {
+    /// Snapshot ids (`banger image snapshots`) or image names.
+    #[arg(required = true, add = crate::complete::images())]
+    targets: Vec<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -213,6 +260,114 @@ pub struct KernelImportArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+fn size_mib(flag: &str, v: Option<&str>) -> anyhow::Result<Option<u64>> {
+    v.map(|m| {
+        banger_api::parse_size_mib(m)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| flag.to_string())
+    })
+    .transpose()
+}
+
+/// A snapshot id: what `banger image snapshots` prints.
+fn is_snapshot_id(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+async fn warm(c: &Client, a: WarmArgs) -> anyhow::Result<u8> {
+    let memory_mib = size_mib("--memory", a.memory.as_deref())?;
+    let req = WarmImageRequest {
+        vcpus: a.vcpu,
+        memory_mib: memory_mib.map(|m| m.min(u32::MAX as u64) as u32),
+        work_disk_mib: size_mib("--disk", a.disk.as_deref())?,
+        vmm: None,
+        force: a.force,
+    };
+    let op: OperationInfo = c.post(&format!("/images/{}/warm", a.image), &req).await?;
+    let done = follow(c, op, a.json).await?;
+    let snaps: Vec<WarmSnapshotInfo> = c.get("/warm").await?;
+    let spec = banger_api::VmSpec::DEFAULT;
+    let mine: Vec<WarmSnapshotInfo> = snaps
+        .into_iter()
+        .filter(|s| {
+            s.image == done.target
+                && s.current
+                && s.vcpus == req.vcpus.unwrap_or(spec.vcpus)
+                && s.memory_mib == req.memory_mib.unwrap_or(spec.memory_mib)
+                && s.work_disk_mib == req.work_disk_mib.unwrap_or(spec.work_disk_mib)
+        })
+        .collect();
+    if a.json {
+        print_json(&mine)?;
+    } else {
+        print!("{}", snapshot_table(&mine));
+    }
+    Ok(0)
+}
+
+async fn unwarm(c: &Client, a: UnwarmArgs) -> anyhow::Result<u8> {
+    let snaps: Vec<WarmSnapshotInfo> = c.get("/warm").await?;
+    let mut removed = Vec::new();
+    let mut failures = 0;
+    for t in &a.targets {
+        let ids: Vec<&WarmSnapshotInfo> = if is_snapshot_id(t) {
+            snaps.iter().filter(|s| s.id == *t).collect()
+        } else {
+            snaps.iter().filter(|s| s.image == *t).collect()
+        };
+        if ids.is_empty() {
+            eprintln!("banger: no warm snapshot {t:?} (see `banger image snapshots`)");
+            failures += 1;
+            continue;
+        }
+        for s in ids {
+            match c.delete::<serde_json::Value>(&format!("/warm/{}", s.id)).await {
+                Ok(_) => {
+                    if !a.json {
+                        eprintln!("removed warm snapshot {} of {}", s.id, s.image);
+                    }
+                    removed.push(s.id.clone());
+                }
+                Err(e) => {
+                    eprintln!("banger: {e}");
+                    failures += 1;
+                }
+            }
+        }
+    }
+    if a.json {
+        print_json(&serde_json::json!({ "removed": removed }))?;
+    }
+    Ok(if failures > 0 { 1 } else { 0 })
+}
+
+fn snapshot_table(snaps: &[WarmSnapshotInfo]) -> String {
+    let rows: Vec<Vec<String>> = snaps
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                s.image.clone(),
+                format!(
+                    "{} vcpu, {}, {} disk",
+                    s.vcpus,
+                    format_size(s.memory_mib as u64 * 1024 * 1024),
+                    format_size(s.work_disk_mib * 1024 * 1024)
+                ),
+                format!("{}/{}", s.vmm, s.accel),
+                if s.current { "current" } else { "stale" }.to_string(),
+                s.used_by.len().to_string(),
+                format_size(s.bytes),
+                ago(s.created_at),
+            ]
+        })
+        .collect();
+    table::render(
+        &["ID", "IMAGE", "SHAPE", "VMM", "STATE", "VMS", "SIZE", "CREATED"],
+        &rows,
+    )
 }
 
 /// The daemon resolves paths itself: make them absolute here, relative to
@@ -399,6 +554,17 @@ pub async fn image(layout: &Layout, cmd: ImageCmd) -> anyhow::Result<u8> {
                 .await?;
             emit(&img, a.json, print_image)
         }
+        ImageCmd::Warm(a) => warm(&c, a).await,
+        ImageCmd::Snapshots(j) => {
+            let snaps: Vec<WarmSnapshotInfo> = c.get("/warm").await?;
+            if j.json {
+                print_json(&snaps)?;
+                return Ok(0);
+            }
+            print!("{}", snapshot_table(&snaps));
+            Ok(0)
+        }
+        ImageCmd::Unwarm(a) => unwarm(&c, a).await,
         ImageCmd::Cache(CacheCmd::Prune(a)) => {
             let r: CachePruneResult = c
                 .post(

@@ -154,6 +154,10 @@ pub struct ShapeArgs {
     /// Give the guest outbound internet access (masquerade through the host).
     #[arg(long)]
     pub nat: bool,
+    /// Boot the guest from scratch even when a warm snapshot of the image
+    /// and shape exists (see `banger image warm`).
+    #[arg(long)]
+    pub cold: bool,
 }
 
 #[derive(Args, Debug)]
@@ -210,6 +214,7 @@ pub(crate) fn create_request(s: &ShapeArgs) -> anyhow::Result<CreateVmRequest> {
         memory_mib: memory_mib.map(|m| m.min(u32::MAX as u64) as u32),
         work_disk_mib,
         nat: s.nat,
+        cold: s.cold,
     };
     let spec = VmSpec {
         vcpus: req.vcpus.unwrap_or(VmSpec::DEFAULT.vcpus),
@@ -243,9 +248,19 @@ pub(crate) async fn follow(
         None
     };
     let mut shown = 0usize;
+    let mut notes_shown = 0usize;
     let mut last_progress = String::new();
     let mut cur = op;
     loop {
+        for note in cur.notes.iter().skip(notes_shown) {
+            let line = format!("  {}", style::dim(note));
+            match &bar {
+                Some(b) => b.println(line),
+                None if !quiet => eprintln!("{line}"),
+                None => {}
+            }
+        }
+        notes_shown = cur.notes.len();
         for st in cur.stages.iter().skip(shown) {
             let line = format!("  {:<12} {}", st.name, style::dim(&fmt_ms(st.elapsed_ms)));
             match &bar {

@@ -86,6 +86,8 @@ pub struct Daemon {
     pub reserve_lock: tokio::sync::Mutex<()>,
     /// Held while building the default image, so parallel creates build it once.
     pub image_lock: tokio::sync::Mutex<()>,
+    /// Held while a warm snapshot is built: each build is a cold boot.
+    pub warm_lock: tokio::sync::Mutex<()>,
     /// Per-image-name locks: pull, import, register, promote and delete of
     /// one name never interleave, and parallel creates pull a missing
     /// catalog image once.
@@ -119,6 +121,7 @@ impl Daemon {
             vm_locks: Mutex::new(HashMap::new()),
             reserve_lock: tokio::sync::Mutex::new(()),
             image_lock: tokio::sync::Mutex::new(()),
+            warm_lock: tokio::sync::Mutex::new(()),
             image_locks: Default::default(),
             kernel_locks: Default::default(),
             tap_pool: Default::default(),

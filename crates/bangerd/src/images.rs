@@ -677,6 +677,8 @@ pub async fn delete(d: &Shared, name: &str) -> Result<(), ApiError> {
             users.join(", ")
         )));
     }
+    // No VM uses the image, so none backs onto its warm snapshots either.
+    crate::warm::forget_image(d, name);
     let dir = PathBuf::from(&rec.dir);
     let images = d.cfg.layout.images_dir();
     if dir.symlink_metadata().is_ok() {

@@ -30,6 +30,7 @@ mod stats;
 mod tappool;
 mod vm;
 mod vmset;
+mod warm;
 mod workdisk;
 mod workspace;
 
@@ -99,6 +100,7 @@ async fn run(layout: banger_paths::Layout) -> anyhow::Result<()> {
     let store = banger_store::Store::open(&cfg.layout.db_path())?;
     let d: daemon::Shared = Arc::new(daemon::Daemon::new(cfg, store));
     vm::reconcile(&d).await;
+    warm::reconcile(&d).await;
     tappool::adopt(&d).await;
     ssh::refresh_config(&d);
     dns::start(&d).await;

@@ -45,6 +45,7 @@ impl Registry {
             stage: stage.to_string(),
             stages: Vec::new(),
             progress: None,
+            notes: Vec::new(),
             done: false,
             error: None,
             vm: None,
@@ -123,6 +124,11 @@ impl OpHandle {
             e.info.progress = None;
             e.stage_started = Instant::now();
         });
+    }
+
+    /// Adds a one-line note the CLI prints once (e.g. why a VM booted cold).
+    pub fn note(&self, line: &str) {
+        self.with(|e| e.info.notes.push(line.to_string()));
     }
 
     pub fn progress(&self, line: &str) {

@@ -45,6 +45,9 @@ pub fn router(d: Shared, shutdown: std::sync::Arc<tokio::sync::Notify>) -> Route
         .route("/images/cache/prune", post(prune_image_cache))
         .route("/images/{name}", get(show_image).delete(delete_image))
         .route("/images/{name}/promote", post(promote_image))
+        .route("/images/{name}/warm", post(warm_image))
+        .route("/warm", get(list_warm))
+        .route("/warm/{id}", axum::routing::delete(delete_warm))
         .route("/kernels", get(list_kernels))
         .route("/kernels/catalog", get(kernel_catalog))
         .route("/kernels/pull", post(pull_kernel))
@@ -303,6 +306,33 @@ async fn show_image(
 async fn delete_image(State(d): State<Shared>, Path(name): Path<String>) -> Res<serde_json::Value> {
     images::delete(&d, &name).await?;
     Ok(Json(serde_json::json!({ "deleted": name })))
+}
+
+async fn warm_image(
+    State(d): State<Shared>,
+    Extension(op): Extension<OpId>,
+    Path(name): Path<String>,
+    Json(req): Json<banger_api::WarmImageRequest>,
+) -> Result<Response, Fail> {
+    Ok(accepted(crate::warm::start_build(d, op.0, name, req).await?))
+}
+
+async fn list_warm(State(d): State<Shared>) -> Res<Vec<banger_api::WarmSnapshotInfo>> {
+    Ok(Json(crate::warm::list(&d)))
+}
+
+async fn delete_warm(State(d): State<Shared>, Path(id): Path<String>) -> Res<serde_json::Value> {
+    let _g = d.warm_lock.lock().await;
+    crate::warm::remove(&d, &id).map_err(|e| {
+        if e.starts_with("no warm snapshot") {
+            banger_api::ApiError::not_found(e)
+        } else if e.contains("not a warm snapshot id") {
+            banger_api::ApiError::bad_request(e)
+        } else {
+            banger_api::ApiError::conflict(e)
+        }
+    })?;
+    Ok(Json(serde_json::json!({ "deleted": id })))
 }
 
 async fn promote_image(

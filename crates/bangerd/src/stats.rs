@@ -35,7 +35,7 @@ pub async fn get(d: &Shared, name: &str) -> Result<VmStats, ApiError> {
         cpu_seconds: None,
         rss_bytes: None,
         root_disk: disk_file(&dir.join(firecracker::root_file(kind))),
-        work_disk: disk_file(&dir.join(crate::workdisk::FILE)),
+        work_disk: disk_file(&dir.join(crate::workdisk::current(&dir).0)),
         tap: None,
         net_rx_bytes: None,
         net_tx_bytes: None,

@@ -90,6 +90,7 @@ pub fn info(d: &Shared, rec: &VmRecord) -> VmInfo {
         created_at: rec.created_at,
         started_at: rec.started_at,
         nat: rec.nat,
+        warm_snapshot: crate::warm::recorded(d, &rec.id),
         workspace: crate::workspace::recorded(rec),
     }
 }
@@ -179,7 +180,7 @@ pub async fn create(
     let lock = d.vm_lock(&rec.id);
     tokio::spawn(async move {
         let _g = lock.lock().await;
-        let result = run_create(&d, &op, &rec).await;
+        let result = run_create(&d, &op, &rec, req.cold).await;
         match result {
             Ok(vm) => op.finish(Ok(Some(vm))),
             Err(e) => {
@@ -192,11 +193,20 @@ pub async fn create(
     Ok(info)
 }
 
-async fn run_create(d: &Shared, op: &OpHandle, rec: &VmRecord) -> Result<VmInfo, ApiError> {
+async fn run_create(
+    d: &Shared,
+    op: &OpHandle,
+    rec: &VmRecord,
+    cold: bool,
+) -> Result<VmInfo, ApiError> {
     op.stage("image");
     let img = images::ensure(d, &rec.image, Some(op)).await?;
+    let mut rec = rec.clone();
+    if try_warm(d, op, &mut rec, &img, cold).await? {
+        return finish_create(d, rec);
+    }
     op.stage("disks");
-    let dir = vm_dir(d, rec);
+    let dir = vm_dir(d, &rec);
     let work_mib = rec.work_disk_mib;
     let vmm = Vmm::of(&rec.vmm);
     let jailer = d.cfg.settings.jailer;
@@ -208,15 +218,184 @@ async fn run_create(d: &Shared, op: &OpHandle, rec: &VmRecord) -> Result<VmInfo,
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(failed("prepare disks"))?;
-    let mut rec = rec.clone();
     rec.root_cow = kind.as_str().into();
     d.store.update_vm(&rec).map_err(store_err)?;
-    boot(d, &rec, Some(op)).await?;
+    boot(d, &rec, Some(op), None).await?;
+    finish_create(d, rec)
+}
+
+fn finish_create(d: &Shared, mut rec: VmRecord) -> Result<VmInfo, ApiError> {
     rec.state = VmState::Running.as_str().into();
     rec.started_at = Some(now_unix());
     d.store.update_vm(&rec).map_err(store_err)?;
     crate::ssh::refresh_config(d);
     Ok(info(d, &rec))
+}
+
+/// What a restored VM needs besides its row: the snapshot, and the SSH
+/// host key the agent installs (known_hosts already trusts it).
+pub(crate) struct Restore {
+    pub snap: crate::warm::Snapshot,
+    pub host_key: banger_ssh::HostKey,
+    pub authorized_key: String,
+}
+
+/// Starts the VM from a warm snapshot when one matches (building it on
+/// first use). `Ok(true)`: the VM runs. `Ok(false)`: boot it cold; the
+/// reason is already a note on the operation, and nothing of the attempt
+/// is left (no VMM, tap or disk).
+async fn try_warm(
+    d: &Shared,
+    op: &OpHandle,
+    rec: &mut VmRecord,
+    img: &images::Image,
+    cold: bool,
+) -> Result<bool, ApiError> {
+    if cold {
+        op.note("cold boot: --cold");
+        return Ok(false);
+    }
+    if !d.cfg.settings.warm {
+        return Ok(false);
+    }
+    if Vmm::of(&rec.vmm) != Vmm::Qemu {
+        op.note("cold boot: warm starts run on the QEMU backend only for now");
+        return Ok(false);
+    }
+    let probe = d.accel().await;
+    let want = match crate::warm::inputs(
+        d,
+        &rec.image,
+        img,
+        probe.accel,
+        rec.vcpus,
+        rec.memory_mib,
+        rec.work_disk_mib,
+    ) {
+        Ok(w) => w,
+        Err(e) => {
+            op.note(&format!("cold boot: {e}"));
+            return Ok(false);
+        }
+    };
+    let snap = match crate::warm::lookup(d, &want) {
+        crate::warm::Lookup::Ready(s) => s,
+        crate::warm::Lookup::Failed(reason) => {
+            op.note(&format!(
+                "cold boot: building the warm snapshot failed before ({}); `banger image warm {}` retries",
+                first_line(&reason),
+                rec.image
+            ));
+            return Ok(false);
+        }
+        crate::warm::Lookup::Missing(reason) => {
+            op.note(&format!("{reason}: building it (one cold boot; later runs restore it)"));
+            op.stage("snapshot");
+            match crate::warm::ensure(d, Some(op), img, &want, false).await {
+                Ok(s) => s,
+                Err(e) => {
+                    op.note(&format!("cold boot: {}", first_line(&e)));
+                    tracing::warn!(vm = %rec.name, error = %e, "warm snapshot build failed");
+                    return Ok(false);
+                }
+            }
+        }
+    };
+    op.stage("disks");
+    let dir = vm_dir(d, rec);
+    let name = rec.name.clone();
+    let client_key = crate::ssh::client_key(d)?;
+    let (root, work) = (snap.root(), snap.work());
+    let snap_id = snap.id().to_string();
+    let prepared = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || prepare_warm_disks(&dir, &root, &work, &snap_id, &name)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let host_key = match prepared {
+        Ok(k) => k,
+        Err(e) => {
+            discard_warm_disks(&dir);
+            op.note(&format!("cold boot: {e}"));
+            return Ok(false);
+        }
+    };
+    rec.root_cow = CowKind::Qcow2Overlay.as_str().into();
+    d.store.update_vm(rec).map_err(store_err)?;
+    let restore = Restore {
+        snap,
+        host_key,
+        authorized_key: client_key.public_openssh.clone(),
+    };
+    match boot(d, rec, Some(op), Some(&restore)).await {
+        Ok(()) => {
+            op.note(&format!(
+                "warm start: restored from snapshot {} of {}",
+                restore.snap.id(),
+                rec.image
+            ));
+            Ok(true)
+        }
+        Err(e) => {
+            cleanup_runtime(d, rec).await;
+            discard_warm_disks(&dir);
+            crate::logs::note(d, rec, &format!("warm start failed: {}", e.message));
+            op.note(&format!(
+                "cold boot: restoring snapshot {} failed: {}",
+                restore.snap.id(),
+                first_line(&e.message)
+            ));
+            Ok(false)
+        }
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+/// Copy-on-write clones of a snapshot's disks, the marker naming the
+/// snapshot, and a fresh SSH host key in known_hosts.
+fn prepare_warm_disks(
+    dir: &std::path::Path,
+    root: &std::path::Path,
+    work: &std::path::Path,
+    snap_id: &str,
+    name: &str,
+) -> Result<banger_ssh::HostKey, String> {
+    use banger_vmm::qemu::{create_overlay_of, DiskFormat};
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let qemu_img = std::path::Path::new("qemu-img");
+    create_overlay_of(qemu_img, root, DiskFormat::Qcow2, &dir.join("root.qcow2"))
+        .map_err(|e| format!("clone the snapshot's root disk: {e}"))?;
+    create_overlay_of(
+        qemu_img,
+        work,
+        DiskFormat::Raw,
+        &dir.join(crate::warm::WORK_OVERLAY),
+    )
+    .map_err(|e| format!("clone the snapshot's work disk: {e}"))?;
+    std::fs::write(dir.join(crate::warm::VM_MARKER), format!("{snap_id}\n"))
+        .map_err(|e| format!("write {}: {e}", crate::warm::VM_MARKER))?;
+    crate::ssh::new_host_key(dir, name)
+}
+
+/// Removes what [`prepare_warm_disks`] made, so a cold boot starts clean.
+fn discard_warm_disks(dir: &std::path::Path) {
+    for f in [
+        "root.qcow2",
+        crate::warm::WORK_OVERLAY,
+        crate::warm::VM_MARKER,
+        "known_hosts",
+    ] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
 }
 
 /// Undoes a failed create: VMM, tap, files and the row itself.
@@ -277,7 +456,12 @@ fn prepare_disks(
 
 /// Network, VMM and boot-to-agent for a VM whose disks exist. On error the
 /// caller cleans up with [`cleanup_runtime`].
-async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), ApiError> {
+async fn boot(
+    d: &Shared,
+    rec: &VmRecord,
+    op: Option<&OpHandle>,
+    restore: Option<&Restore>,
+) -> Result<(), ApiError> {
     let stage = |s: &str| {
         if let Some(op) = op {
             op.stage(s)
@@ -290,7 +474,8 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
         .root_cow
         .parse()
         .map_err(|e| ApiError::internal(format!("vm {:?}: {e}", rec.name)))?;
-    for disk in [firecracker::root_file(kind), crate::workdisk::FILE] {
+    let (work_file, work_format) = crate::workdisk::current(&dir);
+    for disk in [firecracker::root_file(kind), work_file] {
         if !dir.join(disk).exists() {
             return Err(ApiError::failed(format!(
                 "disk {} of vm {:?} is missing; delete and recreate the vm",
@@ -382,7 +567,8 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
             init: img.manifest.init.clone(),
         }),
         root_disk: dir.join("root.qcow2"),
-        work_disk: dir.join(crate::workdisk::FILE),
+        work_disk: dir.join(work_file),
+        work_format,
         tap: tap.clone(),
         mac: rec.mac.clone(),
         agent_socket: run.join("agent.sock"),
@@ -390,6 +576,7 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
         pidfile: d.cfg.layout.vm_pidfile(&rec.id),
         console_log: dir.join(crate::logs::QEMU_CONSOLE_RAW),
         vmm_log: Some(dir.join(crate::logs::QEMU_VMM_RAW)),
+        incoming: restore.is_some(),
     };
     crate::logs::prepare_launch(d, rec);
     let pid = match d.helper.launch_qemu(&op_id, &cfg).await {
@@ -413,6 +600,28 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
     );
     crate::logs::start(d, rec, &h, pid);
 
+    if let Some(r) = restore {
+        stage("restore");
+        crate::warm::load(&cfg.qmp_socket, &r.snap, pid)
+            .await
+            .map_err(ApiError::failed)?;
+        let (client, _) = tokio::select! {
+            r = crate::warm::wait_agent(&cfg.agent_socket) => r.map_err(ApiError::failed)?,
+            _ = watch_exit(pid) => return Err(ApiError::failed("the VMM exited after the restore")),
+        };
+        stage("identity");
+        let identity = new_identity(d, rec, r)?;
+        client
+            .reidentify(&identity, Duration::from_secs(20))
+            .await
+            .map_err(|e| ApiError::failed(format!("give the restored guest its identity: {e}")))?;
+        // The answer now carries this VM's instance id.
+        let pong = client
+            .ping(Duration::from_secs(5))
+            .await
+            .map_err(|e| ApiError::failed(format!("agent after reidentify: {e}")))?;
+        return finish_boot(d, rec, &mut h, client, pong);
+    }
     stage("boot");
     let deadline = tokio::time::Instant::now() + d.cfg.boot_timeout;
     let ready = banger_agent_proto::client::wait_ready(&cfg.agent_socket, deadline);
@@ -421,6 +630,37 @@ async fn boot(d: &Shared, rec: &VmRecord, op: Option<&OpHandle>) -> Result<(), A
         _ = watch_exit(pid) => return Err(boot_failure(d, rec, "the VMM exited during boot")),
     };
     finish_boot(d, rec, &mut h, client, pong)
+}
+
+/// The identity a restored guest takes on: everything that must differ
+/// between two VMs restored from one snapshot.
+fn new_identity(
+    d: &Shared,
+    rec: &VmRecord,
+    r: &Restore,
+) -> Result<banger_agent_proto::NewIdentity, ApiError> {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut entropy = [0u8; 64];
+    rand::rng().fill_bytes(&mut entropy);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| ApiError::internal(format!("clock: {e}")))?;
+    Ok(banger_agent_proto::NewIdentity {
+        hostname: rec.name.clone(),
+        mac: rec.mac.clone(),
+        ip: format!("{}/{}", rec.ip, d.cfg.prefix),
+        gateway: d.cfg.gateway.to_string(),
+        dns: Vec::new(),
+        iface: None,
+        unix_time_ns: now.as_nanos() as u64,
+        entropy: base64::engine::general_purpose::STANDARD.encode(entropy),
+        machine_id: random_hex(16),
+        ssh_host_key: r.host_key.private_openssh.to_string(),
+        ssh_host_key_pub: r.host_key.public_openssh.to_string(),
+        authorized_keys: format!("{}\n", r.authorized_key.trim_end()),
+        instance_id: random_hex(8),
+    })
 }
 
 /// Records a booted guest: its agent connection and boot id.
@@ -437,7 +677,7 @@ fn finish_boot(
 }
 
 /// Resolves when `pid` is gone.
-async fn watch_exit(pid: u32) {
+pub(crate) async fn watch_exit(pid: u32) {
     while banger_vmm::proc::is_alive(pid) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -522,7 +762,7 @@ pub(crate) fn vmm_alive(d: &Shared, rec: &VmRecord, h: &Handles) -> bool {
 /// Boots a VM whose disks exist and records the outcome: running, or
 /// error with the reason (and nothing left running).
 async fn boot_existing(d: &Shared, rec: &mut VmRecord) -> Result<VmInfo, ApiError> {
-    if let Err(e) = boot(d, rec, None).await {
+    if let Err(e) = boot(d, rec, None, None).await {
         cleanup_runtime(d, rec).await;
         set_state(d, rec, VmState::Error, Some(e.message.clone()))?;
         return Err(e);

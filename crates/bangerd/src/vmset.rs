@@ -37,7 +37,11 @@ pub async fn set(d: Shared, name: String, req: SetVmRequest) -> Result<SetVmResu
         if after.work_disk_mib != before.work_disk_mib {
             let disk = dir.join(crate::workdisk::FILE);
             let bytes = after.work_disk_mib * MIB;
-            tokio::task::spawn_blocking(move || banger_image::ext4::grow(&disk, bytes))
+            let vm_dir = dir.clone();
+            tokio::task::spawn_blocking(move || {
+                detach_warm_work_disk(&vm_dir)?;
+                banger_image::ext4::grow(&disk, bytes).map_err(|e| e.to_string())
+            })
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .map_err(|e| {
@@ -99,4 +103,32 @@ pub(crate) fn host_limits(vm_dir: &Path) -> Result<HostLimits, ApiError> {
         memory_bytes: banger_vmm::host::memory_bytes().map_err(ApiError::internal)?,
         disk_free_bytes: Some(banger_vmm::host::free_bytes(vm_dir).map_err(ApiError::internal)?),
     })
+}
+
+/// A VM restored from a warm snapshot has a qcow2 work disk over the
+/// snapshot's; growing works on raw ext4, so it first becomes a standalone
+/// (sparse) raw image. On failure the overlay stays as it was.
+fn detach_warm_work_disk(vm_dir: &std::path::Path) -> Result<(), String> {
+    let overlay = vm_dir.join(crate::warm::WORK_OVERLAY);
+    if !overlay.exists() {
+        return Ok(());
+    }
+    let raw = vm_dir.join(crate::workdisk::FILE);
+    let tmp = vm_dir.join(".work.ext4.converting");
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "qcow2", "-O", "raw"])
+        .arg(&overlay)
+        .arg(&tmp)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("run qemu-img: {e}"))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!(
+            "convert the work disk to raw: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    std::fs::rename(&tmp, &raw).map_err(|e| format!("rename the converted work disk: {e}"))?;
+    std::fs::remove_file(&overlay).map_err(|e| format!("remove the old overlay: {e}"))
 }

@@ -7,6 +7,16 @@ use std::path::Path;
 /// The work disk's file name in the VM's directory.
 pub const FILE: &str = "work.ext4";
 
+/// The VM's work disk file and its format: a raw ext4 image, or, for a
+/// VM restored from a warm snapshot, a qcow2 overlay over the snapshot's.
+pub fn current(vm_dir: &Path) -> (&'static str, banger_vmm::qemu::DiskFormat) {
+    if vm_dir.join(crate::warm::WORK_OVERLAY).exists() {
+        (crate::warm::WORK_OVERLAY, banger_vmm::qemu::DiskFormat::Qcow2)
+    } else {
+        (FILE, banger_vmm::qemu::DiskFormat::Raw)
+    }
+}
+
 /// What the work disk gets on top of the image's seed.
 pub struct PerVm<'a> {
     /// One `authorized_keys` line: banger's client key.

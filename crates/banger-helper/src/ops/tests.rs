@@ -97,6 +97,7 @@ impl Env {
             cmdline: "console=ttyS0".into(),
             root_disk: s.join("root.qcow2"),
             work_disk: s.join("work.ext4"),
+            work_format: banger_vmm::qemu::DiskFormat::Raw,
             tap: banger_net::tap_name_for(VM),
             mac: "52:54:00:1e:00:02".into(),
             agent_socket: r.join("agent.sock"),
@@ -104,6 +105,7 @@ impl Env {
             pidfile: self.cfg.roots.pidfile(VM),
             console_log: s.join("console.log"),
             vmm_log: Some(s.join("vmm.raw")),
+            incoming: false,
         }
     }
 }

@@ -287,6 +287,7 @@ impl Tree {
             cmdline: "console=ttyS0 root=/dev/vda rw".into(),
             root_disk: s.join("root.qcow2"),
             work_disk: s.join("work.ext4"),
+            work_format: banger_vmm::qemu::DiskFormat::Raw,
             tap: banger_net::tap_name_for(VM),
             mac: "52:54:00:1e:00:02".into(),
             agent_socket: r.join("agent.sock"),
@@ -294,6 +295,7 @@ impl Tree {
             pidfile: r.join("qemu.pid"),
             console_log: s.join("console.log"),
             vmm_log: Some(s.join("vmm.raw")),
+            incoming: false,
         }
     }
 }

@@ -37,8 +37,11 @@ pub struct QemuConfig {
     pub cmdline: String,
     /// qcow2 overlay whose backing file is the golden image.
     pub root_disk: PathBuf,
-    /// Raw ext4 image mounted at /root in the guest.
+    /// ext4 image mounted at /root in the guest: raw, or a qcow2 overlay
+    /// over a warm template's work disk (see `work_format`).
     pub work_disk: PathBuf,
+    #[serde(default)]
+    pub work_format: DiskFormat,
     pub tap: String,
     pub mac: String,
     /// Host end of the agent's virtio-serial port (QEMU listens here).
@@ -53,6 +56,29 @@ pub struct QemuConfig {
     /// here instead of /dev/null, so its warnings and last words are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm_log: Option<PathBuf>,
+    /// Start paused and wait for a migration stream (`-incoming defer`):
+    /// the daemon then loads a warm template's state over QMP
+    /// (`migrate-incoming`) and resumes the guest (`cont`).
+    #[serde(default)]
+    pub incoming: bool,
+}
+
+/// The on-disk format of a VM disk image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    #[default]
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
 }
 
 impl QemuConfig {
@@ -104,8 +130,9 @@ impl QemuConfig {
         push("virtio-blk-pci,drive=root");
         push("-drive");
         push(&format!(
-            "file={},format=raw,if=none,id=work,cache=writeback,discard=unmap",
-            escape_opt(&self.work_disk)
+            "file={},format={},if=none,id=work,cache=writeback,discard=unmap",
+            escape_opt(&self.work_disk),
+            self.work_format.as_str()
         ));
         push("-device");
         push("virtio-blk-pci,drive=work");
@@ -120,6 +147,12 @@ impl QemuConfig {
         push("rng-random,id=rng0,filename=/dev/urandom");
         push("-device");
         push("virtio-rng-pci,rng=rng0");
+        // A VM generation ID: on every restore of a snapshot the guest
+        // kernel sees a new one and reseeds its CRNG ("crng reseeded due to
+        // virtual machine fork"). Every VM has it, so that the device set of
+        // a template and of the VMs restored from it is the same.
+        push("-device");
+        push("vmgenid,guid=auto");
         push("-device");
         push("virtio-serial-pci,id=vser0");
         push("-chardev");
@@ -152,6 +185,10 @@ impl QemuConfig {
         ));
         push("-pidfile");
         push(&self.pidfile.to_string_lossy());
+        if self.incoming {
+            push("-incoming");
+            push("defer");
+        }
         push("-daemonize");
         a
     }
@@ -199,7 +236,32 @@ pub fn safe_init(init: &str) -> bool {
 /// space or an extra `key=value`. The kernel logs to the console at its
 /// default level, so the kept console shows the boot.
 pub fn kernel_cmdline(id: &GuestIdentity) -> String {
-    let mut parts = vec![
+    let mut parts = base_cmdline(&id.hostname);
+    parts.push(format!("banger.ip={}/{}", id.ip, id.prefix));
+    parts.push(format!("banger.gw={}", id.gateway));
+    if let Some(dns) = id.dns {
+        parts.push(format!("banger.dns={dns}"));
+    }
+    if let Some(init) = id.init.as_deref().filter(|i| safe_init(i)) {
+        parts.push(format!("init={init}"));
+    }
+    parts.join(" ")
+}
+
+/// The command line of a warm snapshot's template guest: a hostname but no
+/// address. A restored guest announces the addresses it had on the bridge,
+/// and by then the template's could belong to another VM; each restored VM
+/// gets its own address from the agent instead.
+pub fn template_cmdline(hostname: &str, init: Option<&str>) -> String {
+    let mut parts = base_cmdline(hostname);
+    if let Some(init) = init.filter(|i| safe_init(i)) {
+        parts.push(format!("init={init}"));
+    }
+    parts.join(" ")
+}
+
+fn base_cmdline(hostname: &str) -> Vec<String> {
+    vec![
         "console=ttyS0".to_string(),
         "root=/dev/vda".to_string(),
         "rw".to_string(),
@@ -211,17 +273,8 @@ pub fn kernel_cmdline(id: &GuestIdentity) -> String {
         // not come up says why, and quiet leaves only the login prompt in it
         // (~35 KB of boot messages; no measurable boot cost under TCG).
         "systemd.show_status=auto".to_string(),
-        format!("banger.hostname={}", id.hostname),
-        format!("banger.ip={}/{}", id.ip, id.prefix),
-        format!("banger.gw={}", id.gateway),
-    ];
-    if let Some(dns) = id.dns {
-        parts.push(format!("banger.dns={dns}"));
-    }
-    if let Some(init) = id.init.as_deref().filter(|i| safe_init(i)) {
-        parts.push(format!("init={init}"));
-    }
-    parts.join(" ")
+        format!("banger.hostname={hostname}"),
+    ]
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -326,8 +379,20 @@ mod tests;
 /// Creates a qcow2 overlay at `overlay` whose backing file is the raw image
 /// `base`: the VM's copy-on-write root. Nothing of `base` is copied.
 pub fn create_overlay(qemu_img: &Path, base: &Path, overlay: &Path) -> Result<(), LaunchError> {
+    create_overlay_of(qemu_img, base, DiskFormat::Raw, overlay)
+}
+
+/// Creates a qcow2 overlay at `overlay` over `base`, whose format is
+/// `base_format` (a warm template's disks are qcow2 or raw). The overlay
+/// has the size of its base.
+pub fn create_overlay_of(
+    qemu_img: &Path,
+    base: &Path,
+    base_format: DiskFormat,
+    overlay: &Path,
+) -> Result<(), LaunchError> {
     let out = Command::new(qemu_img)
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .args(["create", "-q", "-f", "qcow2", "-F", base_format.as_str(), "-b"])
         .arg(base)
         .arg(overlay)
         .stdin(Stdio::null())

@@ -11,6 +11,7 @@ fn cfg() -> QemuConfig {
         cmdline: "console=ttyS0 root=/dev/vda".into(),
         root_disk: "/s/vms/0123456789ab/root.qcow2".into(),
         work_disk: "/s/vms/0123456789ab/work.ext4".into(),
+        work_format: DiskFormat::Raw,
         tap: "tap-bg-01234567".into(),
         mac: "52:54:00:12:34:56".into(),
         agent_socket: "/r/vms/0123456789ab/agent.sock".into(),
@@ -18,6 +19,7 @@ fn cfg() -> QemuConfig {
         pidfile: "/r/vms/0123456789ab/qemu.pid".into(),
         console_log: "/s/vms/0123456789ab/console.raw".into(),
         vmm_log: Some("/s/vms/0123456789ab/vmm.raw".into()),
+        incoming: false,
     }
 }
 
@@ -193,6 +195,67 @@ fn overlay_is_small_and_backed_by_the_base() {
 }
 
 #[test]
+fn restore_argv_differs_from_a_boot_only_in_per_vm_paths_and_incoming() {
+    // A migration stream only loads into the same device set in the same
+    // order, so a restore's argv may differ from its template's only in
+    // what is per VM (paths, tap, MAC, name) and in `-incoming defer`.
+    let template = cfg();
+    let mut restore = cfg();
+    restore.vm_id = "ba9876543210".into();
+    restore.root_disk = "/s/vms/ba9876543210/root.qcow2".into();
+    restore.work_disk = "/s/vms/ba9876543210/work.qcow2".into();
+    restore.work_format = DiskFormat::Qcow2;
+    restore.tap = "tap-bg-ba987654".into();
+    restore.mac = "52:54:00:aa:bb:cc".into();
+    restore.incoming = true;
+    let a = args(&template);
+    let b = args(&restore);
+    assert_eq!(value_of(&b, "-incoming"), ["defer"]);
+    assert!(value_of(&a, "-incoming").is_empty());
+    assert_eq!(b.last().unwrap(), "-daemonize");
+    let flags = |v: &[String]| -> Vec<String> {
+        v.iter().filter(|s| s.starts_with('-')).cloned().collect()
+    };
+    let mut fa = flags(&a);
+    fa.insert(fa.len() - 1, "-incoming".into());
+    assert_eq!(fa, flags(&b), "same options in the same order");
+    let devices = |v: &[String]| -> Vec<String> {
+        value_of(v, "-device")
+            .iter()
+            .map(|d| d.replace("52:54:00:aa:bb:cc", "52:54:00:12:34:56"))
+            .collect()
+    };
+    assert_eq!(devices(&a), devices(&b), "same devices in the same order");
+    assert!(value_of(&a, "-device").contains(&"vmgenid,guid=auto"));
+    let drives = value_of(&b, "-drive");
+    assert!(drives[1].starts_with("file=/s/vms/ba9876543210/work.qcow2,format=qcow2"));
+}
+
+#[test]
+fn overlay_over_a_qcow2_base_records_its_format() {
+    let qemu_img = Path::new("/usr/bin/qemu-img");
+    if !qemu_img.exists() {
+        eprintln!("skipping: qemu-img not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.ext4");
+    std::fs::write(&base, vec![7u8; 4 * 1024 * 1024]).unwrap();
+    let mid = dir.path().join("template.qcow2");
+    create_overlay(qemu_img, &base, &mid).unwrap();
+    let top = dir.path().join("clone.qcow2");
+    create_overlay_of(qemu_img, &mid, DiskFormat::Qcow2, &top).unwrap();
+    let info = Command::new(qemu_img)
+        .args(["info", "--output=json", "--backing-chain"])
+        .arg(&top)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("\"backing-filename-format\": \"qcow2\""), "{text}");
+    assert!(text.contains(&*base.to_string_lossy()), "the chain ends at the base: {text}");
+}
+
+#[test]
 fn overlay_of_missing_base_fails_and_leaves_nothing() {
     let qemu_img = Path::new("/usr/bin/qemu-img");
     if !qemu_img.exists() {
@@ -224,4 +287,14 @@ fn dropped_child_keeps_supplementary_groups() {
         !groups.split_whitespace().any(|g| g == "0"),
         "root group must be dropped: {groups}"
     );
+}
+
+#[test]
+fn template_cmdline_has_no_address() {
+    let c = template_cmdline("banger-template", Some("/usr/local/bin/banger-agent"));
+    assert!(c.contains("banger.hostname=banger-template"));
+    assert!(c.contains("init=/usr/local/bin/banger-agent"));
+    assert!(!c.contains("banger.ip="), "{c}");
+    assert!(!c.contains("banger.gw="), "{c}");
+    assert!(!template_cmdline("t", Some("/x y")).contains("init="));
 }

@@ -1,0 +1,158 @@
+use super::*;
+
+fn inputs() -> Inputs {
+    Inputs {
+        format: FORMAT,
+        image: "debian-bookworm".into(),
+        image_id: "aa".into(),
+        agent: "bb".into(),
+        vmm: "qemu".into(),
+        vmm_version: "QEMU emulator version 10.0.2".into(),
+        accel: "tcg".into(),
+        vcpus: 2,
+        memory_mib: 1024,
+        work_disk_mib: 8192,
+    }
+}
+
+#[test]
+fn the_id_follows_every_input() {
+    let base = inputs();
+    assert_eq!(base.id(), inputs().id(), "deterministic");
+    assert_eq!(base.id().len(), 16);
+    let changes: Vec<Box<dyn Fn(&mut Inputs)>> = vec![
+        Box::new(|i| i.format += 1),
+        Box::new(|i| i.image = "other".into()),
+        Box::new(|i| i.image_id = "ab".into()),
+        Box::new(|i| i.agent = "bc".into()),
+        Box::new(|i| i.vmm_version = "QEMU emulator version 10.1.0".into()),
+        Box::new(|i| i.accel = "kvm".into()),
+        Box::new(|i| i.vcpus = 4),
+        Box::new(|i| i.memory_mib = 2048),
+        Box::new(|i| i.work_disk_mib = 4096),
+    ];
+    for (n, change) in changes.iter().enumerate() {
+        let mut i = inputs();
+        change(&mut i);
+        assert_ne!(i.id(), base.id(), "change {n} must give a new id");
+    }
+}
+
+#[test]
+fn a_stale_snapshot_says_what_changed() {
+    let old = inputs();
+    let mut new = inputs();
+    new.image_id = "cc".into();
+    assert!(new.same_shape(&old));
+    assert_eq!(new.changed_since(&old), "the image changed");
+    new.agent = "dd".into();
+    assert_eq!(new.changed_since(&old), "the image and the guest agent changed");
+    let mut q = inputs();
+    q.vmm_version = "QEMU emulator version 11".into();
+    assert_eq!(q.changed_since(&old), "the VMM version changed");
+    let mut other_shape = inputs();
+    other_shape.vcpus = 4;
+    assert!(!other_shape.same_shape(&old));
+}
+
+fn image(dir: &Path) -> Image {
+    std::fs::write(dir.join("rootfs.ext4"), b"root").unwrap();
+    std::fs::write(dir.join("vmlinuz"), b"kernel").unwrap();
+    Image {
+        dir: dir.to_path_buf(),
+        manifest: banger_image::Manifest {
+            name: "img".into(),
+            source: "test".into(),
+            build_hash: "h1".into(),
+            rootfs: "rootfs.ext4".into(),
+            kernel: "vmlinuz".into(),
+            initrd: None,
+            kernel_name: None,
+            init: None,
+            work_seed: "work-seed".into(),
+            kernel_version: "6.1".into(),
+            rootfs_bytes: 4,
+            created_at: 1,
+        },
+        kernel: dir.join("vmlinuz"),
+        initrd: None,
+    }
+}
+
+#[test]
+fn the_image_id_changes_with_its_files_and_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let a = image_id(&img).unwrap();
+    assert_eq!(a, image_id(&img).unwrap(), "deterministic");
+
+    // A rootfs replaced by a rebuild (new inode) or edited in place.
+    let rootfs = dir.path().join("rootfs.ext4");
+    std::fs::write(dir.path().join("new"), b"root").unwrap();
+    std::fs::rename(dir.path().join("new"), &rootfs).unwrap();
+    let b = image_id(&img).unwrap();
+    assert_ne!(a, b, "a replaced rootfs");
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&rootfs, b"root2").unwrap();
+    let c = image_id(&img).unwrap();
+    assert_ne!(b, c, "an edited rootfs");
+
+    // The kernel, and the manifest (a forced rebuild with the same recipe
+    // has the same build hash but a new created_at).
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(dir.path().join("vmlinuz"), b"kernel2").unwrap();
+    let e = image_id(&img).unwrap();
+    assert_ne!(c, e, "a new kernel");
+    let mut img2 = img.clone();
+    img2.manifest.created_at = 2;
+    assert_ne!(image_id(&img2).unwrap(), e, "a rebuilt image");
+
+    std::fs::remove_file(&rootfs).unwrap();
+    assert!(image_id(&img).unwrap_err().contains("rootfs.ext4"));
+}
+
+#[test]
+fn the_agent_hash_is_cached_but_follows_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("banger-agent");
+    std::fs::write(&agent, b"v1").unwrap();
+    let a = file_sha256(&agent).unwrap();
+    assert_eq!(a, hex::encode(Sha256::digest(b"v1")));
+    std::fs::write(&agent, b"v2-longer").unwrap();
+    assert_eq!(file_sha256(&agent).unwrap(), hex::encode(Sha256::digest(b"v2-longer")));
+}
+
+#[test]
+fn qemu_version_is_the_first_line() {
+    let bin = Path::new("/usr/bin/qemu-system-x86_64");
+    if !bin.exists() {
+        eprintln!("skipping: qemu not installed");
+        return;
+    }
+    let v = qemu_version(bin).unwrap();
+    assert!(v.starts_with("QEMU emulator version "), "{v}");
+    assert!(qemu_version(Path::new("/nonexistent/qemu")).is_err());
+}
+
+#[test]
+fn last_lines_skips_blank_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("log");
+    std::fs::write(&f, "a\n\nb\nc\n\n").unwrap();
+    assert_eq!(last_lines(&f, 2), "b\nc");
+    assert_eq!(last_lines(&dir.path().join("none"), 2), "");
+}
+
+#[test]
+fn discard_removes_read_only_snapshot_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("0123456789abcdef");
+    std::fs::create_dir(&snap).unwrap();
+    for (f, mode) in [(STATE, 0o400), (ROOT, 0o444), (WORK, 0o444), (META, 0o644)] {
+        std::fs::write(snap.join(f), b"x").unwrap();
+        std::fs::set_permissions(snap.join(f), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::fs::set_permissions(&snap, std::fs::Permissions::from_mode(0o755)).unwrap();
+    discard(&snap);
+    assert!(!snap.exists());
+}

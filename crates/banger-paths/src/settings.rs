@@ -217,7 +217,10 @@ impl Settings {
         if let Some(p) = env("BANGER_JAILER_BIN") {
             s.jailer_bin = p.into();
         }
-        for (var, field) in [("BANGER_JAILER", &mut s.jailer), ("BANGER_WARM", &mut s.warm)] {
+        for (var, field) in [
+            ("BANGER_JAILER", &mut s.jailer),
+            ("BANGER_WARM", &mut s.warm),
+        ] {
             if let Some(v) = env(var) {
                 *field = match v.as_str() {
                     "1" | "true" | "yes" => true,
@@ -374,8 +377,14 @@ mod tests {
         assert!(load(None, &[]).unwrap().warm);
         assert!(!load(Some("warm = false\n"), &[]).unwrap().warm);
         assert!(!load(None, &[("BANGER_WARM", "0")]).unwrap().warm);
-        assert!(load(Some("warm = false\n"), &[("BANGER_WARM", "yes")]).unwrap().warm);
-        let e = load(None, &[("BANGER_WARM", "perhaps")]).unwrap_err().to_string();
+        assert!(
+            load(Some("warm = false\n"), &[("BANGER_WARM", "yes")])
+                .unwrap()
+                .warm
+        );
+        let e = load(None, &[("BANGER_WARM", "perhaps")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("BANGER_WARM") && e.contains("perhaps"), "{e}");
     }
 

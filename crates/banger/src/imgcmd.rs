@@ -323,7 +323,10 @@ async fn unwarm(c: &Client, a: UnwarmArgs) -> anyhow::Result<u8> {
             continue;
         }
         for s in ids {
-            match c.delete::<serde_json::Value>(&format!("/warm/{}", s.id)).await {
+            match c
+                .delete::<serde_json::Value>(&format!("/warm/{}", s.id))
+                .await
+            {
                 Ok(_) => {
                     if !a.json {
                         eprintln!("removed warm snapshot {} of {}", s.id, s.image);
@@ -365,7 +368,9 @@ fn snapshot_table(snaps: &[WarmSnapshotInfo]) -> String {
         })
         .collect();
     table::render(
-        &["ID", "IMAGE", "SHAPE", "VMM", "STATE", "VMS", "SIZE", "CREATED"],
+        &[
+            "ID", "IMAGE", "SHAPE", "VMM", "STATE", "VMS", "SIZE", "CREATED",
+        ],
         &rows,
     )
 }

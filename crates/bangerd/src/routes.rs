@@ -314,7 +314,9 @@ async fn warm_image(
     Path(name): Path<String>,
     Json(req): Json<banger_api::WarmImageRequest>,
 ) -> Result<Response, Fail> {
-    Ok(accepted(crate::warm::start_build(d, op.0, name, req).await?))
+    Ok(accepted(
+        crate::warm::start_build(d, op.0, name, req).await?,
+    ))
 }
 
 async fn list_warm(State(d): State<Shared>) -> Res<Vec<banger_api::WarmSnapshotInfo>> {

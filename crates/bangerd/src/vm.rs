@@ -289,7 +289,9 @@ async fn try_warm(
             return Ok(false);
         }
         crate::warm::Lookup::Missing(reason) => {
-            op.note(&format!("{reason}: building it (one cold boot; later runs restore it)"));
+            op.note(&format!(
+                "{reason}: building it (one cold boot; later runs restore it)"
+            ));
             op.stage("snapshot");
             match crate::warm::ensure(d, Some(op), img, &want, false).await {
                 Ok(s) => s,

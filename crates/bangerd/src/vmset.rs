@@ -42,13 +42,13 @@ pub async fn set(d: Shared, name: String, req: SetVmRequest) -> Result<SetVmResu
                 detach_warm_work_disk(&vm_dir)?;
                 banger_image::ext4::grow(&disk, bytes).map_err(|e| e.to_string())
             })
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))?
-                .map_err(|e| {
-                    ApiError::failed(format!(
-                        "grow the work disk of vm {name}: {e}; nothing was changed"
-                    ))
-                })?;
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| {
+                ApiError::failed(format!(
+                    "grow the work disk of vm {name}: {e}; nothing was changed"
+                ))
+            })?;
         }
         if after != before
             && !d

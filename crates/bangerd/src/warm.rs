@@ -170,7 +170,11 @@ static VMM_VERSIONS: Mutex<Vec<(PathBuf, i64, String)>> = Mutex::new(Vec::new())
 
 fn file_sha256(path: &Path) -> Result<String, String> {
     let md = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let key = (path.to_path_buf(), md.len(), md.mtime_nsec() + md.mtime() * 1_000_000_000);
+    let key = (
+        path.to_path_buf(),
+        md.len(),
+        md.mtime_nsec() + md.mtime() * 1_000_000_000,
+    );
     if let Some(h) = FILE_HASHES
         .lock()
         .unwrap()
@@ -289,7 +293,9 @@ pub fn all(d: &Shared) -> Vec<Snapshot> {
             (meta.id == e.file_name().to_string_lossy()).then_some(Snapshot { dir, meta })
         })
         .collect();
-    out.sort_by(|a, b| (&a.meta.inputs.image, a.meta.created_at).cmp(&(&b.meta.inputs.image, b.meta.created_at)));
+    out.sort_by(|a, b| {
+        (&a.meta.inputs.image, a.meta.created_at).cmp(&(&b.meta.inputs.image, b.meta.created_at))
+    });
     out
 }
 
@@ -373,7 +379,16 @@ pub fn list(d: &Shared) -> Vec<WarmSnapshotInfo> {
                         } else {
                             banger_vmm::Accel::Tcg
                         };
-                        inputs(d, &i.image, &img, accel, i.vcpus, i.memory_mib, i.work_disk_mib).ok()
+                        inputs(
+                            d,
+                            &i.image,
+                            &img,
+                            accel,
+                            i.vcpus,
+                            i.memory_mib,
+                            i.work_disk_mib,
+                        )
+                        .ok()
                     })
                     .is_some_and(|want| want == *i);
             WarmSnapshotInfo {
@@ -399,11 +414,15 @@ pub fn list(d: &Shared) -> Vec<WarmSnapshotInfo> {
 /// Removes snapshot `id`; refused while VMs back onto it.
 pub fn remove(d: &Shared, id: &str) -> Result<(), String> {
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("{id:?} is not a warm snapshot id (see `banger image snapshots`)"));
+        return Err(format!(
+            "{id:?} is not a warm snapshot id (see `banger image snapshots`)"
+        ));
     }
     let dir = warm_dir(d).join(id);
     if load_meta(&dir).is_none() {
-        return Err(format!("no warm snapshot {id} (see `banger image snapshots`)"));
+        return Err(format!(
+            "no warm snapshot {id} (see `banger image snapshots`)"
+        ));
     }
     let users = users(d, id);
     if !users.is_empty() {
@@ -549,7 +568,12 @@ fn publish(d: &Shared, from: &Path, meta: &Meta) -> Result<Snapshot, String> {
 /// Returns the directory holding `state`, `root.qcow2` and `work.ext4`.
 /// Whatever happens, no QEMU, tap or runtime file is left behind; the
 /// directory is the caller's to remove.
-async fn build(d: &Shared, op: Option<&OpHandle>, img: &Image, want: &Inputs) -> Result<PathBuf, String> {
+async fn build(
+    d: &Shared,
+    op: Option<&OpHandle>,
+    img: &Image,
+    want: &Inputs,
+) -> Result<PathBuf, String> {
     let tpl_id = random_hex(6);
     let dir = d.cfg.layout.vm_dir(&tpl_id);
     let run = d.cfg.layout.vm_runtime_dir(&tpl_id);
@@ -686,7 +710,10 @@ async fn boot_and_save(
         initrd: img.initrd.clone(),
         // No address: a restored guest announces what it had, and the
         // template's address may belong to another VM by then.
-        cmdline: banger_vmm::qemu::template_cmdline("banger-template", img.manifest.init.as_deref()),
+        cmdline: banger_vmm::qemu::template_cmdline(
+            "banger-template",
+            img.manifest.init.as_deref(),
+        ),
         root_disk: dir.join(ROOT),
         work_disk: dir.join(WORK),
         work_format: DiskFormat::Raw,
@@ -718,7 +745,11 @@ async fn boot_and_save(
         // `degraded` is fine (a unit failed); the point is that the boot
         // is over, so restored guests do not replay the end of it.
         let settle = agent.exec(
-            vec!["systemctl".into(), "is-system-running".into(), "--wait".into()],
+            vec![
+                "systemctl".into(),
+                "is-system-running".into(),
+                "--wait".into(),
+            ],
             Vec::new(),
             None,
         );
@@ -745,7 +776,9 @@ async fn boot_and_save(
     // stream then also says "paused": restores resume with `cont`).
     qmp.stop().await.map_err(|e| format!("qmp stop: {e}"))?;
     let uri = format!("file:{}", dir.join(STATE).display());
-    qmp.migrate(&uri).await.map_err(|e| format!("qmp migrate: {e}"))?;
+    qmp.migrate(&uri)
+        .await
+        .map_err(|e| format!("qmp migrate: {e}"))?;
     qmp.wait_migration_completed(SAVE_TIMEOUT)
         .await
         .map_err(|e| format!("saving the template: {e}"))?;
@@ -785,19 +818,34 @@ pub async fn start_build(
         let result = async {
             let img = crate::images::ensure(&d, &image, Some(&op)).await?;
             let accel = d.accel().await.accel;
-            let want = inputs(&d, &image, &img, accel, spec.vcpus, spec.memory_mib, spec.work_disk_mib)
-                .map_err(ApiError::failed)?;
+            let want = inputs(
+                &d,
+                &image,
+                &img,
+                accel,
+                spec.vcpus,
+                spec.memory_mib,
+                spec.work_disk_mib,
+            )
+            .map_err(ApiError::failed)?;
             op.stage("snapshot");
             if !req.force {
                 if let Lookup::Ready(s) = lookup(&d, &want) {
-                    op.note(&format!("warm snapshot {} is current; nothing to do (--force rebuilds it)", s.id()));
+                    op.note(&format!(
+                        "warm snapshot {} is current; nothing to do (--force rebuilds it)",
+                        s.id()
+                    ));
                     return Ok(());
                 }
             }
             let s = ensure(&d, Some(&op), &img, &want, req.force)
                 .await
                 .map_err(ApiError::failed)?;
-            op.note(&format!("built warm snapshot {} in {:.1}s", s.id(), s.meta.build_ms as f64 / 1000.0));
+            op.note(&format!(
+                "built warm snapshot {} in {:.1}s",
+                s.id(),
+                s.meta.build_ms as f64 / 1000.0
+            ));
             Ok(())
         }
         .await;
@@ -827,7 +875,13 @@ pub async fn load(qmp_socket: &Path, snap: &Snapshot, pid: u32) -> Result<(), St
 /// boot does (it answers within a few hundred milliseconds).
 pub async fn wait_agent(
     socket: &Path,
-) -> Result<(banger_agent_proto::client::AgentClient, banger_agent_proto::client::Pong), String> {
+) -> Result<
+    (
+        banger_agent_proto::client::AgentClient,
+        banger_agent_proto::client::Pong,
+    ),
+    String,
+> {
     let deadline = tokio::time::Instant::now() + RESTORE_READY_TIMEOUT;
     let mut last = String::from("no answer");
     while tokio::time::Instant::now() < deadline {

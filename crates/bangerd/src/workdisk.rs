@@ -11,7 +11,10 @@ pub const FILE: &str = "work.ext4";
 /// VM restored from a warm snapshot, a qcow2 overlay over the snapshot's.
 pub fn current(vm_dir: &Path) -> (&'static str, banger_vmm::qemu::DiskFormat) {
     if vm_dir.join(crate::warm::WORK_OVERLAY).exists() {
-        (crate::warm::WORK_OVERLAY, banger_vmm::qemu::DiskFormat::Qcow2)
+        (
+            crate::warm::WORK_OVERLAY,
+            banger_vmm::qemu::DiskFormat::Qcow2,
+        )
     } else {
         (FILE, banger_vmm::qemu::DiskFormat::Raw)
     }

@@ -58,7 +58,10 @@ fn customize_installs_agent_and_strips_per_host_identity() {
     assert!(AGENT_UNIT.contains("RequiresMountsFor=/root"));
     // Regression: the agent started before sshd, so `vm create` could
     // return before sshd listened and an ssh right after was refused.
-    assert!(AGENT_UNIT.contains("\nAfter=ssh.service sshd.service\n"), "{AGENT_UNIT}");
+    assert!(
+        AGENT_UNIT.contains("\nAfter=ssh.service sshd.service\n"),
+        "{AGENT_UNIT}"
+    );
     assert!(!AGENT_UNIT.contains("Before=network-online.target ssh.service"));
     // Idempotent: a second run over the same tree succeeds.
     customize_tree(&tree, &agent).unwrap();

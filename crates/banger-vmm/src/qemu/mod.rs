@@ -392,7 +392,15 @@ pub fn create_overlay_of(
     overlay: &Path,
 ) -> Result<(), LaunchError> {
     let out = Command::new(qemu_img)
-        .args(["create", "-q", "-f", "qcow2", "-F", base_format.as_str(), "-b"])
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            base_format.as_str(),
+            "-b",
+        ])
         .arg(base)
         .arg(overlay)
         .stdin(Stdio::null())

@@ -251,8 +251,14 @@ fn overlay_over_a_qcow2_base_records_its_format() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&info.stdout);
-    assert!(text.contains("\"backing-filename-format\": \"qcow2\""), "{text}");
-    assert!(text.contains(&*base.to_string_lossy()), "the chain ends at the base: {text}");
+    assert!(
+        text.contains("\"backing-filename-format\": \"qcow2\""),
+        "{text}"
+    );
+    assert!(
+        text.contains(&*base.to_string_lossy()),
+        "the chain ends at the base: {text}"
+    );
 }
 
 #[test]

@@ -46,7 +46,10 @@ fn a_stale_snapshot_says_what_changed() {
     assert!(new.same_shape(&old));
     assert_eq!(new.changed_since(&old), "the image changed");
     new.agent = "dd".into();
-    assert_eq!(new.changed_since(&old), "the image and the guest agent changed");
+    assert_eq!(
+        new.changed_since(&old),
+        "the image and the guest agent changed"
+    );
     let mut q = inputs();
     q.vmm_version = "QEMU emulator version 11".into();
     assert_eq!(q.changed_since(&old), "the VMM version changed");
@@ -119,7 +122,10 @@ fn the_agent_hash_is_cached_but_follows_changes() {
     let a = file_sha256(&agent).unwrap();
     assert_eq!(a, hex::encode(Sha256::digest(b"v1")));
     std::fs::write(&agent, b"v2-longer").unwrap();
-    assert_eq!(file_sha256(&agent).unwrap(), hex::encode(Sha256::digest(b"v2-longer")));
+    assert_eq!(
+        file_sha256(&agent).unwrap(),
+        hex::encode(Sha256::digest(b"v2-longer"))
+    );
 }
 
 #[test]

@@ -249,9 +249,32 @@ pub fn apply(plan: &Plan, paths: &Paths, guest: &dyn Guest) -> Result<(), String
     Ok(())
 }
 
+/// Replaces /etc/machine-id atomically. systemd mounts a file over it when
+/// it could not (or, on a first boot, would not yet) write the id it made
+/// up; a rename onto a mount point fails with EBUSY, so then the id is
+/// written into the mounted file instead, which is what systemd reads.
 fn write_machine_id(paths: &Paths, id: &str) -> Result<(), String> {
-    identity::write_atomic(&paths.at(MACHINE_ID), format!("{id}\n").as_bytes(), 0o444)
-        .map_err(|e| format!("write {MACHINE_ID}: {e}"))
+    let path = paths.at(MACHINE_ID);
+    let text = format!("{id}\n");
+    match identity::write_atomic(&path, text.as_bytes(), 0o444) {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => write_in_place(&path, text.as_bytes()),
+        other => other,
+    }
+    .map_err(|e| format!("write {MACHINE_ID}: {e}"))
+}
+
+/// Overwrites the existing file at `path` (not following a final symlink),
+/// keeping its inode: what a bind mount shows.
+fn write_in_place(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
 }
 
 /// The new host key (0600, public half 0644, in a 0700 directory), then the

@@ -437,3 +437,20 @@ fn host_key_names() {
         assert!(!is_host_key_name(name), "{name}");
     }
 }
+
+#[test]
+fn write_in_place_keeps_the_inode() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("machine-id");
+    std::fs::write(&path, "ffffffffffffffffffffffffffffffffff\n").unwrap();
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    write_in_place(&path, b"0123\n").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"0123\n");
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
+    // Never through a link.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    assert!(write_in_place(&link, b"x").is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), b"0123\n");
+}

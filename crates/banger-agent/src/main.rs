@@ -1,14 +1,16 @@
 //! banger-agent: runs inside every banger guest (systemd starts it as root),
 //! or is the guest's init (see `init`) in images without one.
 //!
-//! At startup it applies the VM identity passed on the kernel command line
-//! (hostname, address, gateway, DNS), then serves the host over the agent
-//! channel: the virtio-serial port named `banger.agent` (QEMU), or vsock
-//! port 10700 (Firecracker), one session per connection. Newline-delimited
-//! JSON frames as defined by `banger-agent-proto`. Each request runs on its
-//! own thread; every frame goes out through one mutex-guarded writer.
-//! Uploads (tar archives in raw chunks) are unpacked by a thread each, fed
-//! through a bounded queue.
+//! At startup it applies the VM identity (hostname, address, gateway, DNS):
+//! the one a warm start gave this guest (`/run/banger/identity.json`, see
+//! `identity` and `reidentify`), or else the one passed on the kernel
+//! command line. Then it serves the host over the agent channel: the
+//! virtio-serial port named `banger.agent` (QEMU), or vsock port 10700
+//! (Firecracker), one session per connection. Newline-delimited JSON frames
+//! as defined by `banger-agent-proto`. Each request runs on its own thread;
+//! every frame goes out through one mutex-guarded writer. Uploads (tar
+//! archives in raw chunks) are unpacked by a thread each, fed through a
+//! bounded queue.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -27,8 +29,10 @@ mod identity;
 mod init;
 mod listen;
 mod ports;
+mod reidentify;
 mod serve;
 mod stats;
+mod sys;
 mod untar;
 mod upload;
 
@@ -40,7 +44,10 @@ usage: banger-agent [--channel PATH | --listen PATH] [--no-identity] [--dry-powe
                    banger.agent or vsock port 10700
   --listen PATH    listen on the Unix socket PATH, one session per
                    connection (as on vsock)
-  --no-identity    do not apply banger.* identity keys from /proc/cmdline
+  --no-identity    leave this machine's identity alone: apply neither the
+                   banger.* keys of /proc/cmdline nor a recorded warm-start
+                   identity, and refuse Reidentify requests (after checking
+                   them)
   --dry-poweroff   answer Poweroff requests but do not power off
   --version        print the version
   --help           print this help
@@ -126,7 +133,7 @@ fn run() -> anyhow::Result<()> {
         if opts.under_init { " under init" } else { "" }
     );
     if !opts.no_identity {
-        identity::apply_from_kernel();
+        identity::apply_at_startup();
     }
     let source = match &opts.listen {
         Some(path) => channel::Source::Listen(listen::Listener::unix(path)?),

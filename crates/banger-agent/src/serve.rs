@@ -47,6 +47,14 @@ impl PowerOff {
     }
 }
 
+/// What a session's requests may do, from the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Policy {
+    power_off: PowerOff,
+    /// Reidentify may change this machine (false under `--no-identity`).
+    reidentify: bool,
+}
+
 /// The one writer every request thread shares.
 pub struct Out {
     inner: Mutex<Writer>,
@@ -150,7 +158,10 @@ pub fn serve(chan: Channel, opts: &Options) -> anyhow::Result<()> {
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let mut host_connected = true;
     let mut dropped = 0u64;
-    let power_off = PowerOff::for_options(opts);
+    let policy = Policy {
+        power_off: PowerOff::for_options(opts),
+        reidentify: !opts.no_identity,
+    };
     loop {
         let n = match reader.read(&mut buf) {
             Ok(n) => n,
@@ -188,7 +199,7 @@ pub fn serve(chan: Channel, opts: &Options) -> anyhow::Result<()> {
                 Request::Chunk { len } => uploads.chunk_start(id, len),
                 Request::End => uploads.end(id),
                 Request::Cancel => uploads.cancel(id),
-                req => dispatch(id, req, &out, power_off),
+                req => dispatch(id, req, &out, policy),
             },
             HostInput::ChunkData {
                 data, remaining, ..
@@ -224,18 +235,18 @@ fn frame_id(line: &[u8]) -> Option<u64> {
     value.get("id")?.as_u64()
 }
 
-fn dispatch(id: u64, req: Request, out: &Arc<Out>, power_off: PowerOff) {
+fn dispatch(id: u64, req: Request, out: &Arc<Out>, policy: Policy) {
     let thread_out = out.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("req-{id}"))
-        .spawn(move || handle(id, req, &thread_out, power_off));
+        .spawn(move || handle(id, req, &thread_out, policy));
     if let Err(e) = spawned {
         log!("request {id}: cannot start a thread: {e}");
         out.error(id, format!("agent cannot start a thread: {e}"));
     }
 }
 
-fn handle(id: u64, req: Request, out: &Arc<Out>, power_off: PowerOff) {
+fn handle(id: u64, req: Request, out: &Arc<Out>, policy: Policy) {
     match req {
         Request::Ping => out.send(
             id,
@@ -243,7 +254,7 @@ fn handle(id: u64, req: Request, out: &Arc<Out>, power_off: PowerOff) {
                 boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
                 hostname: read_trimmed("/proc/sys/kernel/hostname"),
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-                instance_id: None,
+                instance_id: crate::identity::instance_id(),
             },
         ),
         Request::Ports => match crate::ports::list() {
@@ -255,7 +266,15 @@ fn handle(id: u64, req: Request, out: &Arc<Out>, power_off: PowerOff) {
             Err(message) => out.error(id, message),
         },
         Request::Exec { argv, env, cwd } => exec::run(id, &argv, &env, cwd.as_deref(), out),
-        Request::Reidentify { .. } => out.error(id, "unsupported request: reidentify"),
+        Request::Reidentify { identity } => {
+            match crate::reidentify::handle(&identity, policy.reidentify) {
+                Ok(()) => out.send(id, Event::Ok),
+                Err(message) => {
+                    log!("request {id}: reidentify: {message}");
+                    out.error(id, message);
+                }
+            }
+        }
         Request::Sync => {
             sync();
             out.send(id, Event::Ok);
@@ -269,7 +288,7 @@ fn handle(id: u64, req: Request, out: &Arc<Out>, power_off: PowerOff) {
             sync();
             out.send(id, Event::Ok);
             sleep(POWEROFF_DELAY);
-            match power_off {
+            match policy.power_off {
                 PowerOff::Dry => log!("--dry-poweroff: not powering off"),
                 PowerOff::Systemd => poweroff(),
                 PowerOff::Init => crate::init::power_off(),

@@ -184,6 +184,8 @@ fn every_request() -> Vec<(&'static str, String, Value)> {
                 mem_backend: mem_backend.clone(),
                 resume_vm: None,
                 track_dirty_pages: None,
+                network_overrides: None,
+                vsock_override: None,
             }),
         );
         put(
@@ -193,8 +195,30 @@ fn every_request() -> Vec<(&'static str, String, Value)> {
                 mem_backend,
                 resume_vm: Some(true),
                 track_dirty_pages: Some(true),
+                network_overrides: Some(vec![
+                    NetworkOverride {
+                        iface_id: "eth0".into(),
+                        host_dev_name: "tap1".into(),
+                    },
+                    NetworkOverride {
+                        iface_id: "eth1".into(),
+                        host_dev_name: "tap2".into(),
+                    },
+                ]),
+                // 1.16.1 only.
+                vsock_override: None,
             }),
         );
+    }
+    for path_on_host in [None, Some(p("/d/other.ext4"))] {
+        r.push((
+            "PATCH",
+            "/drives/rootfs".into(),
+            v(&PartialDrive {
+                drive_id: "rootfs".into(),
+                path_on_host,
+            }),
+        ));
     }
     for state in [VmState::Paused, VmState::Resumed] {
         r.push(("PATCH", "/vm".into(), v(&Vm { state })));
@@ -205,6 +229,40 @@ fn every_request() -> Vec<(&'static str, String, Value)> {
         }
     }
     r
+}
+
+/// What the fake's ordering rules read from the spec.
+#[test]
+fn the_spec_says_which_operations_are_pre_and_post_boot() {
+    use super::spec::BootPhase::*;
+    for spec in specs() {
+        for (method, path, want) in [
+            ("PUT", "/drives/rootfs", Some(PreBoot)),
+            ("PATCH", "/drives/rootfs", Some(PostBoot)),
+            ("PUT", "/snapshot/load", Some(PreBoot)),
+            ("PUT", "/snapshot/create", Some(PostBoot)),
+            ("PUT", "/network-interfaces/eth0", Some(PreBoot)),
+            ("PUT", "/vsock", Some(PreBoot)),
+            ("PATCH", "/vm", None),
+            ("PUT", "/logger", None),
+            ("PUT", "/actions", None),
+        ] {
+            assert_eq!(spec.boot_phase(method, path), want, "{method} {path}");
+        }
+        let load = spec.description("PUT", "/snapshot/load").unwrap();
+        assert!(
+            load.contains(
+                "Only accepted on a fresh Firecracker process (before configuring \
+                           any resource other than the Logger and Metrics)"
+            ),
+            "{load}"
+        );
+        let create = spec.description("PUT", "/snapshot/create").unwrap();
+        assert!(
+            create.contains("should be in the `Paused` state"),
+            "{create}"
+        );
+    }
 }
 
 #[test]

@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use super::models::{
     ActionType, BootSource, Drive, EntropyDevice, FirecrackerVersion, InstanceActionInfo,
-    InstanceInfo, Logger, MachineConfiguration, Metrics, NetworkInterface, SerialDevice,
-    SnapshotCreateParams, SnapshotLoadParams, Vm, VmState, Vsock,
+    InstanceInfo, Logger, MachineConfiguration, Metrics, NetworkInterface, PartialDrive,
+    SerialDevice, SnapshotCreateParams, SnapshotLoadParams, Vm, VmState, Vsock,
 };
 
 /// How long an ordinary API call may take. Firecracker answers
@@ -121,6 +121,11 @@ impl FcClient {
         self.timeout
     }
 
+    /// The limit for snapshot create/load.
+    pub fn snapshot_timeout(&self) -> Duration {
+        self.snapshot_timeout
+    }
+
     pub async fn put_machine_config(&self, body: &MachineConfiguration) -> Result<(), FcError> {
         self.put("/machine-config", body).await
     }
@@ -132,6 +137,16 @@ impl FcClient {
     /// `PUT /drives/{drive_id}`, the id taken from the body.
     pub async fn put_drive(&self, body: &Drive) -> Result<(), FcError> {
         self.put(&format!("/drives/{}", body.drive_id), body).await
+    }
+
+    /// `PATCH /drives/{drive_id}` (post-boot, a loaded snapshot included),
+    /// the id taken from the body.
+    pub async fn patch_drive(&self, body: &PartialDrive) -> Result<(), FcError> {
+        let path = format!("/drives/{}", body.drive_id);
+        let body = encode(&Method::PATCH, &path, body)?;
+        self.request(Method::PATCH, &path, Some(body), self.timeout)
+            .await
+            .map(drop)
     }
 
     /// `PUT /network-interfaces/{iface_id}`, the id taken from the body.

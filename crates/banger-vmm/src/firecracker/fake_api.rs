@@ -8,6 +8,13 @@
 //! get a 400 with a `fault_message`, as Firecracker answers). It serves
 //! `GET /` and `GET /version`, and can be told to refuse one request so
 //! error decoding can be tested.
+//!
+//! It also holds requests to the order the spec and Firecracker's
+//! snapshot documentation impose (see [`ordering`]): "Pre-boot only" and
+//! "Post-boot only" operations as each operation's summary in the spec says,
+//! `PUT /snapshot/load` only on a fresh process, `PATCH /vm` only on a
+//! booted (or loaded) microVM, `PUT /snapshot/create` only while paused. A
+//! request out of order is a spec violation like an invalid body.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -20,7 +27,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
-use super::spec::Spec;
+use super::spec::{BootPhase, Spec};
 
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
@@ -32,11 +39,39 @@ pub(crate) struct Recorded {
     pub problem: Option<String>,
 }
 
+/// Where the microVM is, as far as the API's ordering rules care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VmPhase {
+    /// A fresh process: nothing configured, or only the logger and metrics.
+    Fresh,
+    /// Some other resource was configured: too late to load a snapshot.
+    Configured,
+    /// Started, or loaded and resumed.
+    Running,
+    /// Paused, or loaded and not resumed yet.
+    Paused,
+}
+
+impl VmPhase {
+    fn booted(self) -> bool {
+        matches!(self, VmPhase::Running | VmPhase::Paused)
+    }
+
+    /// The `state` of `GET /`.
+    fn instance_state(self) -> &'static str {
+        match self {
+            VmPhase::Fresh | VmPhase::Configured => "Not started",
+            VmPhase::Running => "Running",
+            VmPhase::Paused => "Paused",
+        }
+    }
+}
+
 struct State {
     spec: Spec,
     refuse: Mutex<Option<(String, String, String)>>,
     log: Mutex<Vec<Recorded>>,
-    started: Mutex<bool>,
+    phase: Mutex<VmPhase>,
 }
 
 pub(crate) struct FakeFirecracker {
@@ -60,7 +95,7 @@ impl FakeFirecracker {
             spec,
             refuse: Mutex::new(None),
             log: Mutex::new(Vec::new()),
-            started: Mutex::new(false),
+            phase: Mutex::new(VmPhase::Fresh),
         });
         let st = state.clone();
         tokio::spawn(async move {
@@ -102,6 +137,11 @@ impl FakeFirecracker {
             .collect()
     }
 
+    /// Where the fake's microVM is now.
+    pub fn phase(&self) -> VmPhase {
+        *self.state.phase.lock().unwrap()
+    }
+
     /// Every spec violation seen so far.
     pub fn problems(&self) -> Vec<String> {
         self.recorded()
@@ -128,10 +168,18 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
             .map(Some)
             .map_err(|e| format!("{method} {path}: body is not JSON: {e}"))
     };
+    // Held to the end, so requests are checked and applied one at a time, as
+    // Firecracker's single API thread does (nothing below awaits).
+    let mut current = st.phase.lock().unwrap();
+    let phase = *current;
     let problem = match &body {
         Err(e) => Some(e.clone()),
         Ok(_) if absolute => Some(format!("{method} {path}: absolute-form request target")),
-        Ok(b) => st.spec.check(&method, &path, b.as_ref()).err(),
+        Ok(b) => st
+            .spec
+            .check(&method, &path, b.as_ref())
+            .and_then(|()| ordering(&st.spec, phase, &method, &path, b.as_ref()))
+            .err(),
     };
     let body = body.unwrap_or(None);
     st.log.lock().unwrap().push(Recorded {
@@ -149,31 +197,100 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
             return fault(StatusCode::BAD_REQUEST, &msg);
         }
     }
+    if method != "GET" {
+        *current = transition(phase, &method, &path, body.as_ref());
+    }
     match (method.as_str(), path.as_str()) {
-        ("GET", "/") => {
-            let state = if *st.started.lock().unwrap() {
-                "Running"
-            } else {
-                "Not started"
-            };
-            ok_json(json!({
-                "id": "anonymous-instance",
-                "state": state,
-                "vmm_version": st.spec.version,
-                "app_name": "Firecracker",
-            }))
-        }
+        ("GET", "/") => ok_json(json!({
+            "id": "anonymous-instance",
+            "state": phase.instance_state(),
+            "vmm_version": st.spec.version,
+            "app_name": "Firecracker",
+        })),
         ("GET", "/version") => ok_json(json!({ "firecracker_version": st.spec.version })),
-        ("PUT", "/actions") => {
-            if body
-                .as_ref()
-                .is_some_and(|b| b["action_type"] == "InstanceStart")
-            {
-                *st.started.lock().unwrap() = true;
-            }
-            no_content()
-        }
         _ => no_content(),
+    }
+}
+
+/// Whether `method path` may be sent in `phase`; the reason if not.
+///
+/// - The spec's summaries: "Pre-boot only." operations are refused once the
+///   microVM is booted or loaded, "Post-boot only." ones before (see
+///   [`Spec::boot_phase`]).
+/// - `PUT /snapshot/load`, the spec's description: "Only accepted on a fresh
+///   Firecracker process (before configuring any resource other than the
+///   Logger and Metrics)."
+/// - `PUT /snapshot/create`, the spec's description: "The microVM should be
+///   in the `Paused` state."
+/// - `PATCH /vm`: the spec's summary says nothing, but Firecracker's
+///   snapshot documentation does ("`Pause`, `Resume` and `CreateSnapshot`
+///   can be called only after booting the microVM, while `LoadSnapshot` is
+///   allowed only before boot"), and the microVM it pauses must exist.
+/// - `InstanceStart`: a microVM boots once; a loaded one is already built.
+pub(crate) fn ordering(
+    spec: &Spec,
+    phase: VmPhase,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(), String> {
+    let refuse = |why: &str| {
+        Err(format!(
+            "{method} {path} (spec {}) in state {phase:?}: {why}",
+            spec.version
+        ))
+    };
+    match spec.boot_phase(method, path) {
+        Some(BootPhase::PreBoot) if phase.booted() => {
+            return refuse("the spec says pre-boot only");
+        }
+        Some(BootPhase::PostBoot) if !phase.booted() => {
+            return refuse("the spec says post-boot only");
+        }
+        _ => {}
+    }
+    match (method, path) {
+        ("PUT", "/snapshot/load") if phase != VmPhase::Fresh => refuse(
+            "only accepted on a fresh Firecracker process (before configuring any resource \
+             other than the Logger and Metrics)",
+        ),
+        ("PUT", "/snapshot/create") if phase != VmPhase::Paused => {
+            refuse("the microVM should be in the Paused state")
+        }
+        ("PATCH", "/vm") if !phase.booted() => {
+            refuse("pause and resume only after the microVM is booted or loaded")
+        }
+        ("PUT", "/actions")
+            if phase.booted() && body.is_some_and(|b| b["action_type"] == "InstanceStart") =>
+        {
+            refuse("the microVM is already started")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The phase after an accepted (non-`GET`) request.
+fn transition(phase: VmPhase, method: &str, path: &str, body: Option<&Value>) -> VmPhase {
+    let field = |name: &str| body.map_or(&Value::Null, |b| &b[name]);
+    match (method, path) {
+        ("PUT", "/snapshot/load") => {
+            if field("resume_vm") == &Value::Bool(true) {
+                VmPhase::Running
+            } else {
+                // "The loaded microVM is now in the `Paused` state."
+                VmPhase::Paused
+            }
+        }
+        ("PATCH", "/vm") => match field("state").as_str() {
+            Some("Paused") => VmPhase::Paused,
+            _ => VmPhase::Running,
+        },
+        ("PUT", "/actions") if field("action_type") == "InstanceStart" => VmPhase::Running,
+        // Logger and metrics leave a process fresh; anything else configured
+        // before boot means a snapshot can no longer be loaded.
+        ("PUT", "/logger" | "/metrics" | "/actions") => phase,
+        _ if phase == VmPhase::Fresh => VmPhase::Configured,
+        _ => phase,
     }
 }
 

@@ -7,7 +7,7 @@
 //! drive (`/dev/vda`), work drive (`/dev/vdb`), one virtio-net on a tap, a
 //! vsock for the agent, and an entropy device.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use hyper::Method;
 use serde::{Deserialize, Serialize};
@@ -96,6 +96,19 @@ pub enum PlanError {
     Memory,
     #[error("guest cid {0} is reserved (vsock guest cids start at 3)")]
     GuestCid(u32),
+    /// A restore needs something this Firecracker's API cannot express.
+    #[error("firecracker {version} cannot restore this snapshot: {why}")]
+    RestoreUnsupported {
+        version: super::version::SemVer,
+        why: &'static str,
+    },
+    /// An interface or drive id that cannot name an API path segment.
+    #[error("{what} id {id:?} is empty or contains '/'")]
+    BadId { what: &'static str, id: String },
+    #[error("drive {0:?} is listed twice")]
+    DuplicateDrive(String),
+    #[error("the tap name of a restored VM is empty")]
+    NoTap,
 }
 
 /// A failed [`apply`]: which call, and why. Later calls were not sent.
@@ -124,13 +137,7 @@ pub fn launch_plan(cfg: &FcVmConfig) -> Result<Vec<ApiCall>, PlanError> {
     if cfg.guest_cid < 3 {
         return Err(PlanError::GuestCid(cfg.guest_cid));
     }
-    let utf8 = |what: &'static str, path: &PathBuf| match path.to_str() {
-        Some(_) => Ok(path.clone()),
-        None => Err(PlanError::NotUtf8 {
-            what,
-            path: path.clone(),
-        }),
-    };
+    let utf8 = |what: &'static str, path: &PathBuf| utf8_path(what, path);
 
     let mut plan = Vec::new();
     if let Some(log_path) = &cfg.log_path {
@@ -210,17 +217,39 @@ pub fn launch_plan(cfg: &FcVmConfig) -> Result<Vec<ApiCall>, PlanError> {
     Ok(plan)
 }
 
-fn put<B: Serialize>(path: &str, body: &B) -> ApiCall {
+/// `path` as a JSON string can carry it: Firecracker's API takes paths as
+/// UTF-8 strings.
+pub(super) fn utf8_path(what: &'static str, path: &Path) -> Result<PathBuf, PlanError> {
+    match path.to_str() {
+        Some(_) => Ok(path.to_path_buf()),
+        None => Err(PlanError::NotUtf8 {
+            what,
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+pub(super) fn put<B: Serialize>(path: &str, body: &B) -> ApiCall {
+    call(ApiMethod::Put, path, body)
+}
+
+pub(super) fn patch<B: Serialize>(path: &str, body: &B) -> ApiCall {
+    call(ApiMethod::Patch, path, body)
+}
+
+fn call<B: Serialize>(method: ApiMethod, path: &str, body: &B) -> ApiCall {
     ApiCall {
-        method: ApiMethod::Put,
+        method,
         path: path.to_string(),
-        // Every path was checked to be UTF-8 above, and the models hold
-        // nothing else serde_json could refuse.
+        // Every plan checks its paths with `utf8_path` first, and the models
+        // hold nothing else serde_json could refuse.
         body: serde_json::to_value(body).expect("firecracker models serialise"),
     }
 }
 
-/// Sends `plan` in order, stopping at the first failure.
+/// Sends `plan` in order, stopping at the first failure. Snapshot create
+/// and load run under the client's snapshot timeout (they write or map all
+/// of guest memory), everything else under its ordinary one.
 pub async fn apply(client: &FcClient, plan: &[ApiCall]) -> Result<(), ApplyError> {
     for (i, call) in plan.iter().enumerate() {
         let fail = |source| ApplyError {
@@ -231,8 +260,13 @@ pub async fn apply(client: &FcClient, plan: &[ApiCall]) -> Result<(), ApplyError
             source,
         };
         let body = serde_json::to_vec(&call.body).expect("a json value serialises");
+        let timeout = if call.path.starts_with("/snapshot/") {
+            client.snapshot_timeout()
+        } else {
+            client.timeout()
+        };
         client
-            .request(call.method.http(), &call.path, Some(body), client.timeout())
+            .request(call.method.http(), &call.path, Some(body), timeout)
             .await
             .map_err(fail)?;
     }

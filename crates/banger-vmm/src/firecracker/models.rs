@@ -4,7 +4,9 @@
 //!
 //! Only what banger sends or reads is modelled. Every field here exists in
 //! both specs banger is checked against (1.14.1, the tested version, and
-//! 1.16.1); fields the spec marks as deprecated are left out on purpose, so
+//! 1.16.1), except [`SnapshotLoadParams::vsock_override`] (1.16.1 only; sent
+//! only where [`super::version::Features::snapshot_vsock_override`] says
+//! so); fields the spec marks as deprecated are left out on purpose, so
 //! a future release that removes them cannot break us. Optional fields are
 //! `Option`s skipped when `None`: Firecracker then applies its own default,
 //! which is what a field we never set should mean. The spec tests in
@@ -69,6 +71,19 @@ pub struct Drive {
     pub cache_type: Option<CacheType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<IoEngine>,
+}
+
+/// `PATCH /drives/{drive_id}` (the spec's `PartialDrive`): points an
+/// existing drive at another host file. "Post-boot only" in the spec, which
+/// includes a microVM loaded from a snapshot and still paused: Firecracker
+/// reopens the file and tells the guest its config changed (the guest sees
+/// it once it runs). `rate_limiter` is not used by banger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialDrive {
+    /// Must equal the `{drive_id}` in the path.
+    pub drive_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<PathBuf>,
 }
 
 /// `PUT /network-interfaces/{iface_id}`: a virtio-net device on a host tap.
@@ -209,11 +224,37 @@ pub struct MemoryBackend {
     pub backend_path: PathBuf,
 }
 
-/// `PUT /snapshot/load`, only accepted by a fresh Firecracker process (after
-/// at most the logger and metrics). Of the spec's fields, `mem_file_path` and
+/// One entry of `network_overrides` on `PUT /snapshot/load`: the snapshot
+/// stores each interface's tap name, and a clone needs its own tap, so the
+/// interface `iface_id` is reattached to `host_dev_name` instead. (Both specs
+/// banger checks have it; see [`super::version::Features`] for older
+/// releases.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkOverride {
+    /// The interface's id as configured in the snapshotted microVM.
+    pub iface_id: String,
+    /// The tap this Firecracker opens for it instead.
+    pub host_dev_name: String,
+}
+
+/// `vsock_override` on `PUT /snapshot/load` (1.16.1's spec, absent from
+/// 1.14.1's): the snapshot stores the vsock's Unix socket path, and
+/// Firecracker binds it again on load, so a clone whose socket lives
+/// elsewhere needs this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockOverride {
+    /// The socket's path as this Firecracker sees it (inside a jail,
+    /// relative to the jail's root).
+    pub uds_path: PathBuf,
+}
+
+/// `PUT /snapshot/load`, only accepted by a fresh Firecracker process (the
+/// spec: "before configuring any resource other than the Logger and
+/// Metrics"). Of the spec's fields, `mem_file_path` and
 /// `enable_diff_snapshots` are deprecated (replaced by `mem_backend` and
-/// `track_dirty_pages`), and `network_overrides`, `vsock_override` and
-/// `clock_realtime` do not exist in both 1.14.1 and 1.16.1; none is sent.
+/// `track_dirty_pages`) and never sent; `clock_realtime` (1.16.1 only) is not
+/// used; `vsock_override` exists only in the newer spec and is sent only to
+/// releases that have it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotLoadParams {
     pub snapshot_path: PathBuf,
@@ -227,6 +268,14 @@ pub struct SnapshotLoadParams {
     /// know that older name; leave this `None` for them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub track_dirty_pages: Option<bool>,
+    /// Taps to use instead of the ones stored in the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_overrides: Option<Vec<NetworkOverride>>,
+    /// The vsock socket to bind instead of the one stored in the snapshot;
+    /// only for releases with
+    /// [`super::version::Features::snapshot_vsock_override`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_override: Option<VsockOverride>,
 }
 
 /// The answer to `GET /`.

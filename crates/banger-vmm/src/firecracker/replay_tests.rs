@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::client::{wait_for_socket, FcClient, FcError};
-use super::fake_api::FakeFirecracker;
+use super::fake_api::{FakeFirecracker, VmPhase};
 use super::launch::tests::{full_config, minimal_config};
 use super::launch::{apply, launch_plan};
 use super::models::*;
@@ -37,25 +37,25 @@ fn expected_order(with_log_and_metrics: bool) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Each plan on its own fresh process: the fake holds requests to the
+/// spec's order, and a booted microVM takes no pre-boot configuration.
 #[tokio::test]
 async fn the_launch_plan_applies_cleanly_against_both_specs() {
-    for spec in specs() {
-        let version = spec.version;
-        let fake = FakeFirecracker::start(spec);
-        let client = FcClient::new(&fake.socket);
-        for (cfg, full) in [(full_config(), true), (minimal_config(), false)] {
-            let before = fake.calls().len();
+    for version in VERSIONS {
+        for (cfg, full, calls) in [(full_config(), true, 11), (minimal_config(), false, 8)] {
+            let fake = FakeFirecracker::start(Spec::load(version));
+            let client = FcClient::new(&fake.socket);
             apply(&client, &launch_plan(&cfg).unwrap())
                 .await
                 .unwrap_or_else(|e| panic!("{version}: {e}"));
-            assert_eq!(fake.calls()[before..], expected_order(full), "{version}");
+            assert_eq!(fake.calls(), expected_order(full), "{version}");
+            assert_eq!(fake.problems(), Vec::<String>::new(), "{version}");
+            let bodies = fake.recorded().iter().filter(|r| r.body.is_some()).count();
+            assert_eq!(bodies, calls, "{version}: every body was recorded");
+            let info = client.describe_instance().await.unwrap();
+            assert_eq!(info.state, InstanceInfo::RUNNING);
+            assert_eq!(client.version().await.unwrap().firecracker_version, version);
         }
-        assert_eq!(fake.problems(), Vec::<String>::new(), "{version}");
-        let bodies = fake.recorded().iter().filter(|r| r.body.is_some()).count();
-        assert_eq!(bodies, 11 + 8, "{version}: every body was recorded");
-        let info = client.describe_instance().await.unwrap();
-        assert_eq!(info.state, InstanceInfo::RUNNING);
-        assert_eq!(client.version().await.unwrap().firecracker_version, version);
     }
 }
 
@@ -139,18 +139,13 @@ async fn every_client_method_sends_a_valid_request() {
         .await
         .unwrap();
         c.patch_vm(VmState::Resumed).await.unwrap();
-        c.send_ctrl_alt_del().await.unwrap();
-        c.load_snapshot(&SnapshotLoadParams {
-            snapshot_path: p("/s"),
-            mem_backend: MemoryBackend {
-                backend_type: MemoryBackendType::Uffd,
-                backend_path: p("/uffd.sock"),
-            },
-            resume_vm: Some(true),
-            track_dirty_pages: Some(false),
+        c.patch_drive(&PartialDrive {
+            drive_id: "work".into(),
+            path_on_host: Some(p("/w2")),
         })
         .await
         .unwrap();
+        c.send_ctrl_alt_del().await.unwrap();
 
         let want: Vec<(String, String)> = [
             ("GET", "/"),
@@ -169,8 +164,8 @@ async fn every_client_method_sends_a_valid_request() {
             ("PATCH", "/vm"),
             ("PUT", "/snapshot/create"),
             ("PATCH", "/vm"),
+            ("PATCH", "/drives/work"),
             ("PUT", "/actions"),
-            ("PUT", "/snapshot/load"),
         ]
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -182,6 +177,38 @@ async fn every_client_method_sends_a_valid_request() {
             .collect();
         assert_eq!(got, want, "{version}");
         assert_eq!(fake.problems(), Vec::<String>::new(), "{version}");
+
+        // A snapshot loads only into a fresh process (a logger allowed).
+        let fake = FakeFirecracker::start(Spec::load(version));
+        let c = FcClient::new(&fake.socket);
+        c.put_logger(&Logger {
+            log_path: p("/l"),
+            level: None,
+            show_level: None,
+            show_log_origin: None,
+        })
+        .await
+        .unwrap();
+        c.load_snapshot(&SnapshotLoadParams {
+            snapshot_path: p("/s"),
+            mem_backend: MemoryBackend {
+                backend_type: MemoryBackendType::Uffd,
+                backend_path: p("/uffd.sock"),
+            },
+            resume_vm: Some(true),
+            track_dirty_pages: Some(false),
+            network_overrides: Some(vec![NetworkOverride {
+                iface_id: "eth0".into(),
+                host_dev_name: "tap1".into(),
+            }]),
+            vsock_override: None,
+        })
+        .await
+        .unwrap();
+        assert_eq!(fake.problems(), Vec::<String>::new(), "{version}");
+        let info = c.describe_instance().await.unwrap();
+        assert_eq!(info.state, InstanceInfo::RUNNING, "resume_vm: true");
+        assert_eq!(fake.phase(), VmPhase::Running);
     }
 }
 

@@ -28,6 +28,16 @@ pub(crate) fn specs_dir() -> PathBuf {
     }
 }
 
+/// The spec's "Pre-boot only." / "Post-boot only." on an operation. A
+/// microVM loaded from a snapshot counts as booted: `PUT /snapshot/load` is
+/// itself "Pre-boot only", and Firecracker's API server serves the post-boot
+/// operations once it has loaded one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BootPhase {
+    PreBoot,
+    PostBoot,
+}
+
 pub(crate) struct Spec {
     pub version: &'static str,
     doc: Value,
@@ -96,6 +106,29 @@ impl Spec {
     pub fn operation(&self, method: &str, path: &str) -> Option<&Value> {
         let template = self.template(path)?;
         self.doc["paths"][template].get(method.to_ascii_lowercase())
+    }
+
+    /// When the spec allows an operation, as its summary says ("Creates or
+    /// updates a drive. Pre-boot only."); `None` when the summary says
+    /// neither (`/vm`, `/actions`, `/logger`, ...).
+    pub fn boot_phase(&self, method: &str, path: &str) -> Option<BootPhase> {
+        let summary = self.operation(method, path)?["summary"]
+            .as_str()?
+            .to_ascii_lowercase();
+        if summary.contains("pre-boot only") {
+            Some(BootPhase::PreBoot)
+        } else if summary.contains("post-boot only") {
+            Some(BootPhase::PostBoot)
+        } else {
+            None
+        }
+    }
+
+    /// The operation's description, whitespace-normalised (YAML folds it
+    /// already; this only trims).
+    pub fn description(&self, method: &str, path: &str) -> Option<String> {
+        let d = self.operation(method, path)?["description"].as_str()?;
+        Some(d.split_whitespace().collect::<Vec<_>>().join(" "))
     }
 
     /// The resolved, closed schema of the operation's `in: body` parameter,

@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 use super::launch::launch_plan;
 use super::launch::tests::{full_config, minimal_config};
 use super::models::*;
+use super::snapshot::tests::{restore_spec, restore_spec_same_vsock, V1_14, V1_16};
+use super::snapshot::{restore_plan, save_plan};
 use super::spec::{validate, Spec, VERSIONS};
 
 pub(super) fn specs() -> Vec<Spec> {
@@ -184,6 +186,8 @@ fn every_request() -> Vec<(&'static str, String, Value)> {
                 mem_backend: mem_backend.clone(),
                 resume_vm: None,
                 track_dirty_pages: None,
+                network_overrides: None,
+                vsock_override: None,
             }),
         );
         put(
@@ -193,18 +197,144 @@ fn every_request() -> Vec<(&'static str, String, Value)> {
                 mem_backend,
                 resume_vm: Some(true),
                 track_dirty_pages: Some(true),
+                network_overrides: Some(vec![
+                    NetworkOverride {
+                        iface_id: "eth0".into(),
+                        host_dev_name: "tap1".into(),
+                    },
+                    NetworkOverride {
+                        iface_id: "eth1".into(),
+                        host_dev_name: "tap2".into(),
+                    },
+                ]),
+                // 1.16.1 only: see `vsock_override_is_1_16_only`.
+                vsock_override: None,
             }),
         );
+    }
+    for path_on_host in [None, Some(p("/d/other.ext4"))] {
+        r.push((
+            "PATCH",
+            "/drives/rootfs".into(),
+            v(&PartialDrive {
+                drive_id: "rootfs".into(),
+                path_on_host,
+            }),
+        ));
     }
     for state in [VmState::Paused, VmState::Resumed] {
         r.push(("PATCH", "/vm".into(), v(&Vm { state })));
     }
-    for cfg in [full_config(), minimal_config()] {
-        for call in launch_plan(&cfg).unwrap() {
-            r.push((call.method.as_str(), call.path, call.body));
-        }
+    let mut plans = vec![
+        launch_plan(&full_config()).unwrap(),
+        launch_plan(&minimal_config()).unwrap(),
+        save_plan(&p("/s/vm.state"), &p("/s/vm.mem")).unwrap(),
+    ];
+    // The restore plans both specs can take (1.16's own, with the vsock
+    // override, is checked in `vsock_override_is_1_16_only`).
+    for version in [V1_14, V1_16] {
+        plans.push(restore_plan(&restore_spec_same_vsock(), version).unwrap());
+    }
+    for call in plans.into_iter().flatten() {
+        r.push((call.method.as_str(), call.path, call.body));
     }
     r
+}
+
+/// `vsock_override` on snapshot load is in the 1.16.1 spec and not in the
+/// 1.14.1 one, which is why `restore_plan` only sends it from 1.16 on.
+#[test]
+fn vsock_override_is_1_16_only() {
+    let [old, new] = [Spec::load("1.14.1"), Spec::load("1.16.1")];
+    let plan = restore_plan(&restore_spec(), V1_16).unwrap();
+    let load = &plan[0];
+    assert_eq!(load.path, "/snapshot/load");
+    assert!(load.body.get("vsock_override").is_some());
+    new.check("PUT", &load.path, Some(&load.body)).unwrap();
+    let err = old.check("PUT", &load.path, Some(&load.body)).unwrap_err();
+    assert!(err.contains("'vsock_override'"), "{err}");
+    // And nothing else in that body is new.
+    let mut without = load.body.clone();
+    without.as_object_mut().unwrap().remove("vsock_override");
+    old.check("PUT", &load.path, Some(&without)).unwrap();
+    assert!(new
+        .deprecated_fields("PUT", &load.path, &load.body)
+        .is_empty());
+}
+
+/// The new bodies are checked for real: a field a spec does not list is
+/// refused, in the overrides and in the drive patch alike.
+#[test]
+fn unknown_fields_in_the_restore_bodies_are_refused() {
+    let plan = restore_plan(&restore_spec_same_vsock(), V1_14).unwrap();
+    let (load, drive) = (&plan[0].body, &plan[1].body);
+    let mut bad_override = load.clone();
+    bad_override["network_overrides"][0]["guest_mac"] = json!("06:00:00:00:00:01");
+    let mut bad_load = load.clone();
+    bad_load["tap"] = json!("bgr-b2");
+    let mut missing_tap = load.clone();
+    missing_tap["network_overrides"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("host_dev_name");
+    let mut bad_drive = drive.clone();
+    bad_drive["is_read_only"] = json!(false);
+    for spec in specs() {
+        for (path, body, mention) in [
+            ("/snapshot/load", &bad_override, "'guest_mac'"),
+            ("/snapshot/load", &bad_load, "'tap'"),
+            ("/snapshot/load", &missing_tap, "\"host_dev_name\""),
+            ("/drives/rootfs", &bad_drive, "'is_read_only'"),
+        ] {
+            let method = if path == "/snapshot/load" {
+                "PUT"
+            } else {
+                "PATCH"
+            };
+            let err = spec.check(method, path, Some(body)).unwrap_err();
+            assert!(err.contains(mention), "{}: {err}", spec.version);
+        }
+        let bad_vsock = json!({"snapshot_path": "/s",
+            "mem_backend": {"backend_type": "File", "backend_path": "/m"},
+            "vsock_override": {"uds_path": "/v", "guest_cid": 3}});
+        assert!(spec
+            .check("PUT", "/snapshot/load", Some(&bad_vsock))
+            .is_err());
+    }
+}
+
+/// What the fake's ordering rules read from the spec.
+#[test]
+fn the_spec_says_which_operations_are_pre_and_post_boot() {
+    use super::spec::BootPhase::*;
+    for spec in specs() {
+        for (method, path, want) in [
+            ("PUT", "/drives/rootfs", Some(PreBoot)),
+            ("PATCH", "/drives/rootfs", Some(PostBoot)),
+            ("PUT", "/snapshot/load", Some(PreBoot)),
+            ("PUT", "/snapshot/create", Some(PostBoot)),
+            ("PUT", "/network-interfaces/eth0", Some(PreBoot)),
+            ("PUT", "/vsock", Some(PreBoot)),
+            ("PATCH", "/vm", None),
+            ("PUT", "/logger", None),
+            ("PUT", "/actions", None),
+        ] {
+            assert_eq!(spec.boot_phase(method, path), want, "{method} {path}");
+        }
+        let load = spec.description("PUT", "/snapshot/load").unwrap();
+        assert!(
+            load.contains(
+                "Only accepted on a fresh Firecracker process (before configuring \
+                           any resource other than the Logger and Metrics)"
+            ),
+            "{load}"
+        );
+        let create = spec.description("PUT", "/snapshot/create").unwrap();
+        assert!(
+            create.contains("should be in the `Paused` state"),
+            "{create}"
+        );
+    }
 }
 
 #[test]

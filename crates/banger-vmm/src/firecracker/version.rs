@@ -104,6 +104,17 @@ pub struct Features {
     /// boot; it has not been verified against a running 1.16 here. Until
     /// then banger extracts the ELF itself (see [`super::kernel`]).
     pub boots_bzimage: bool,
+    /// `PUT /snapshot/load` takes `network_overrides`, so a VM restored from
+    /// a snapshot can use its own tap instead of the one stored in the
+    /// snapshot. Both specs banger checks (1.14.1, 1.16.1) have it; older
+    /// releases are taken not to (upstream added it a little earlier, but no
+    /// spec of those is checked here), which only costs them warm starts.
+    pub snapshot_network_overrides: bool,
+    /// `PUT /snapshot/load` takes `vsock_override`, so a restored VM can bind
+    /// its own vsock socket instead of the path stored in the snapshot. The
+    /// 1.16.1 spec has it, the 1.14.1 spec does not; taken as 1.16.0 and
+    /// later (1.15 is not checked here, so it is treated as lacking it).
+    pub snapshot_vsock_override: bool,
 }
 
 pub fn features(v: SemVer) -> Features {
@@ -111,6 +122,8 @@ pub fn features(v: SemVer) -> Features {
         acpi: v >= SemVer::new(1, 8, 0),
         serial_config: v >= SemVer::new(1, 14, 0),
         boots_bzimage: v >= SemVer::new(1, 16, 0),
+        snapshot_network_overrides: v >= SemVer::new(1, 14, 0),
+        snapshot_vsock_override: v >= SemVer::new(1, 16, 0),
     }
 }
 
@@ -287,25 +300,29 @@ mod tests {
 
     #[test]
     fn features_by_version() {
+        // (version, acpi, serial_config, boots_bzimage, network overrides,
+        // vsock override)
         let table = [
-            ((1, 5, 0), false, false, false),
-            ((1, 7, 9), false, false, false),
-            ((1, 8, 0), true, false, false),
-            ((1, 13, 9), true, false, false),
-            ((1, 14, 0), true, true, false),
-            ((1, 14, 1), true, true, false),
-            ((1, 15, 9), true, true, false),
-            ((1, 16, 0), true, true, true),
-            ((1, 16, 1), true, true, true),
-            ((2, 0, 0), true, true, true),
+            ((1, 5, 0), false, false, false, false, false),
+            ((1, 7, 9), false, false, false, false, false),
+            ((1, 8, 0), true, false, false, false, false),
+            ((1, 13, 9), true, false, false, false, false),
+            ((1, 14, 0), true, true, false, true, false),
+            ((1, 14, 1), true, true, false, true, false),
+            ((1, 15, 9), true, true, false, true, false),
+            ((1, 16, 0), true, true, true, true, true),
+            ((1, 16, 1), true, true, true, true, true),
+            ((2, 0, 0), true, true, true, true, true),
         ];
-        for ((a, b, c), acpi, serial_config, boots_bzimage) in table {
+        for ((a, b, c), acpi, serial_config, boots_bzimage, net, vsock) in table {
             assert_eq!(
                 features(SemVer::new(a, b, c)),
                 Features {
                     acpi,
                     serial_config,
-                    boots_bzimage
+                    boots_bzimage,
+                    snapshot_network_overrides: net,
+                    snapshot_vsock_override: vsock,
                 },
                 "{a}.{b}.{c}"
             );

@@ -372,6 +372,9 @@ fn vm_rows(v: &VmInfo) -> Vec<(&'static str, String)> {
         rows.push(("", r.clone()));
     }
     rows.push(("root cow", v.root_cow.clone().unwrap_or_default()));
+    if let Some(snap) = &v.warm_snapshot {
+        rows.push(("warm from", format!("snapshot {snap} (banger image snapshots)")));
+    }
     rows.push(("nat", if v.nat { "on" } else { "off" }.into()));
     let workspace = v.workspace.as_ref().map(|w| {
         format!(
@@ -730,7 +733,16 @@ mod tests {
             disk: None,
             vmm: None,
             nat: false,
+            cold: false,
         }
+    }
+
+    #[test]
+    fn cold_reaches_the_request() {
+        let mut s = shape(None, None, None);
+        assert!(!create_request(&s).unwrap().cold);
+        s.cold = true;
+        assert!(create_request(&s).unwrap().cold);
     }
 
     #[test]
@@ -846,6 +858,7 @@ mod tests {
             created_at: 0,
             started_at: None,
             nat: false,
+            warm_snapshot: None,
             workspace: None,
         }
     }

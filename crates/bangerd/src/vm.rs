@@ -279,7 +279,7 @@ async fn try_warm(
         }
     };
     let snap = match crate::warm::lookup(d, &want) {
-        crate::warm::Lookup::Ready(s) => s,
+        crate::warm::Lookup::Ready(s) => *s,
         crate::warm::Lookup::Failed(reason) => {
             op.note(&format!(
                 "cold boot: building the warm snapshot failed before ({}); `banger image warm {}` retries",

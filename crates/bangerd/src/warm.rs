@@ -301,7 +301,7 @@ pub fn all(d: &Shared) -> Vec<Snapshot> {
 
 /// What a lookup found.
 pub enum Lookup {
-    Ready(Snapshot),
+    Ready(Box<Snapshot>),
     /// No usable snapshot; the reason is one line for the user.
     Missing(String),
     /// A build of this snapshot failed before; it is not retried on every
@@ -314,7 +314,7 @@ pub fn lookup(d: &Shared, want: &Inputs) -> Lookup {
     let dir = warm_dir(d).join(&id);
     if let Some(meta) = load_meta(&dir) {
         if meta.inputs == *want {
-            return Lookup::Ready(Snapshot { dir, meta });
+            return Lookup::Ready(Box::new(Snapshot { dir, meta }));
         }
     }
     if let Ok(reason) = std::fs::read_to_string(warm_dir(d).join(format!(".{id}.{FAILED}"))) {
@@ -495,7 +495,7 @@ pub async fn ensure(
     let _g = d.warm_lock.lock().await;
     if !force {
         if let Lookup::Ready(s) = lookup(d, want) {
-            return Ok(s);
+            return Ok(*s);
         }
     }
     let id = want.id();

@@ -20,7 +20,8 @@ fn the_id_follows_every_input() {
     let base = inputs();
     assert_eq!(base.id(), inputs().id(), "deterministic");
     assert_eq!(base.id().len(), 16);
-    let changes: Vec<Box<dyn Fn(&mut Inputs)>> = vec![
+    type Change = Box<dyn Fn(&mut Inputs)>;
+    let changes: Vec<Change> = vec![
         Box::new(|i| i.format += 1),
         Box::new(|i| i.image = "other".into()),
         Box::new(|i| i.image_id = "ab".into()),

@@ -252,15 +252,6 @@ pub(crate) async fn follow(
     let mut last_progress = String::new();
     let mut cur = op;
     loop {
-        for note in cur.notes.iter().skip(notes_shown) {
-            let line = format!("  {}", style::dim(note));
-            match &bar {
-                Some(b) => b.println(line),
-                None if !quiet => eprintln!("{line}"),
-                None => {}
-            }
-        }
-        notes_shown = cur.notes.len();
         for st in cur.stages.iter().skip(shown) {
             let line = format!("  {:<12} {}", st.name, style::dim(&fmt_ms(st.elapsed_ms)));
             match &bar {
@@ -270,6 +261,16 @@ pub(crate) async fn follow(
             }
         }
         shown = cur.stages.len();
+        // After the stages: a note belongs to the stage still running.
+        for note in cur.notes.iter().skip(notes_shown) {
+            let line = format!("  {}", style::dim(note));
+            match &bar {
+                Some(b) => b.println(line),
+                None if !quiet => eprintln!("{line}"),
+                None => {}
+            }
+        }
+        notes_shown = cur.notes.len();
         if cur.done {
             break;
         }
@@ -373,7 +374,10 @@ fn vm_rows(v: &VmInfo) -> Vec<(&'static str, String)> {
     }
     rows.push(("root cow", v.root_cow.clone().unwrap_or_default()));
     if let Some(snap) = &v.warm_snapshot {
-        rows.push(("warm from", format!("snapshot {snap} (banger image snapshots)")));
+        rows.push((
+            "warm from",
+            format!("snapshot {snap} (banger image snapshots)"),
+        ));
     }
     rows.push(("nat", if v.nat { "on" } else { "off" }.into()));
     let workspace = v.workspace.as_ref().map(|w| {

@@ -592,6 +592,37 @@ impl HostDecoder {
     }
 }
 
+/// Fixtures for tests of this crate and of its users (feature `testkit`).
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit {
+    use super::NewIdentity;
+
+    /// A one-line ed25519 public key and a private key block in OpenSSH's
+    /// framing: the shapes the agent checks (not a usable key pair).
+    pub const PRIVATE_KEY: &str =
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n";
+
+    /// An identity the agent accepts: every field valid.
+    pub fn valid_identity() -> NewIdentity {
+        NewIdentity {
+            hostname: "web-2".into(),
+            mac: "52:54:00:1e:00:07".into(),
+            ip: "172.30.0.7/24".into(),
+            gateway: "172.30.0.1".into(),
+            dns: vec!["172.30.0.1".into()],
+            iface: None,
+            unix_time_ns: 1_700_000_000_123_456_789,
+            // 64 bytes of 7.
+            entropy: "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBw==".into(),
+            machine_id: "0123456789abcdef0123456789abcdef".into(),
+            ssh_host_key: PRIVATE_KEY.into(),
+            ssh_host_key_pub: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 web-2".into(),
+            authorized_keys: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 banger".into(),
+            instance_id: "vm-7".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,32 +758,17 @@ mod tests {
         // the request fails on its side, nothing else breaks.
     }
 
-    fn sample_identity() -> NewIdentity {
-        NewIdentity {
-            hostname: "web-2".into(),
-            mac: "52:54:00:1e:00:07".into(),
-            ip: "172.30.0.7/24".into(),
-            gateway: "172.30.0.1".into(),
-            dns: vec!["172.30.0.1".into()],
-            iface: None,
-            unix_time_ns: 1_700_000_000_123_456_789,
-            entropy: "AAECAw==".into(),
-            machine_id: "0123456789abcdef0123456789abcdef".into(),
-            ssh_host_key:
-                "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n".into(),
-            ssh_host_key_pub: "ssh-ed25519 AAAAC3Nz web-2".into(),
-            authorized_keys: "ssh-ed25519 AAAAC3Nz banger\n".into(),
-            instance_id: "vm-7".into(),
-        }
-    }
-
     #[test]
     fn reidentify_frames_are_flat_tagged_lines() {
+        let mut identity = crate::testkit::valid_identity();
+        identity.entropy = "AAECAw==".into();
+        identity.ssh_host_key =
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n".into();
+        identity.ssh_host_key_pub = "ssh-ed25519 AAAAC3Nz web-2".into();
+        identity.authorized_keys = "ssh-ed25519 AAAAC3Nz banger\n".into();
         let f = HostFrame {
             id: 11,
-            req: Request::Reidentify {
-                identity: sample_identity(),
-            },
+            req: Request::Reidentify { identity },
         };
         let line = encode(&f);
         assert_eq!(
@@ -791,7 +807,7 @@ mod tests {
 
     #[test]
     fn identity_debug_hides_the_secrets() {
-        let shown = format!("{:?}", sample_identity());
+        let shown = format!("{:?}", crate::testkit::valid_identity());
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
         assert!(!shown.contains("AAECAw=="), "{shown}");
         assert!(shown.contains("52:54:00:1e:00:07"), "{shown}");

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use banger_agent_proto::client::{wait_ready, AgentClient, ClientError, ExecEvent, TarInReport};
 use banger_agent_proto::{decode, encode, Event, GuestFrame, HostFrame, Request};
 use banger_agent_proto::{HostDecoder, HostInput, MAX_CHUNK_IN_BYTES};
-use banger_agent_proto::{ListenPort, NewIdentity, PortProto};
+use banger_agent_proto::{ListenPort, PortProto};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
@@ -171,28 +171,10 @@ async fn ports_returns_the_listed_sockets() {
     );
 }
 
-fn new_identity() -> NewIdentity {
-    NewIdentity {
-        hostname: "web-2".into(),
-        mac: "52:54:00:1e:00:07".into(),
-        ip: "172.30.0.7/24".into(),
-        gateway: "172.30.0.1".into(),
-        dns: vec![],
-        iface: Some("eth0".into()),
-        unix_time_ns: 1_700_000_000_000_000_000,
-        entropy: "AAECAw==".into(),
-        machine_id: "0123456789abcdef0123456789abcdef".into(),
-        ssh_host_key: "key".into(),
-        ssh_host_key_pub: "ssh-ed25519 AAAA".into(),
-        authorized_keys: "ssh-ed25519 AAAA banger\n".into(),
-        instance_id: "vm-7".into(),
-    }
-}
-
 #[tokio::test]
 async fn reidentify_sends_the_identity_and_waits_for_ok() {
     let (client, mut peer) = pair();
-    let id = new_identity();
+    let id = banger_agent_proto::testkit::valid_identity();
     let c = client.clone();
     let sent = id.clone();
     let call = tokio::spawn(async move { c.reidentify(&sent, T).await });

@@ -697,11 +697,10 @@ mod tests {
         assert_eq!(only_up.len(), 1);
     }
 
-    /// Runs the agent's `ip` commands, twice, against iproute2 and busybox in
-    /// a network namespace of their own (`unshare -n`, as root), on a veth
-    /// named like the guest's interface. Skipped where that is not possible.
-    #[test]
-    fn ip_commands_work_with_iproute2_and_busybox() {
+    /// The `ip` implementations to test the agent's commands with (iproute2,
+    /// and busybox when installed), or None where the test cannot run here
+    /// (it needs root and `unshare` for a network namespace of its own).
+    fn ip_implementations() -> Option<Vec<&'static str>> {
         let have = |prog: &str| {
             Command::new(prog)
                 .arg("--help")
@@ -714,8 +713,50 @@ mod tests {
         let root = unsafe { libc::geteuid() } == 0;
         if !root || !have("unshare") || !have("ip") {
             eprintln!("skipped: needs root, unshare and iproute2");
-            return;
+            return None;
         }
+        let mut implementations = vec!["ip"];
+        if have("busybox") {
+            implementations.push("busybox ip");
+        } else {
+            eprintln!("busybox missing: checking iproute2 only");
+        }
+        Some(implementations)
+    }
+
+    /// Runs `setup`, then `commands` twice (as an agent restart would) with
+    /// `imp`, then `report`, in a fresh network namespace; returns stdout,
+    /// or None when no namespace can be made here.
+    fn run_in_netns(imp: &str, setup: &str, commands: &[String], report: &str) -> Option<String> {
+        let mut script = format!("set -e\n{setup}");
+        for _ in 0..2 {
+            for c in commands {
+                script.push_str(&format!("{imp} {c}\n"));
+            }
+        }
+        script.push_str(report);
+        let out = Command::new("unshare")
+            .args(["-n", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && stderr.contains("unshare failed") {
+            eprintln!("skipped: cannot make a network namespace: {stderr}");
+            return None;
+        }
+        assert!(out.status.success(), "{imp}: {stderr}\n{stdout}");
+        Some(stdout)
+    }
+
+    /// Runs the agent's `ip` commands, twice, against iproute2 and busybox in
+    /// a network namespace of their own (`unshare -n`, as root), on a veth
+    /// named like the guest's interface. Skipped where that is not possible.
+    #[test]
+    fn ip_commands_work_with_iproute2_and_busybox() {
+        let Some(implementations) = ip_implementations() else {
+            return;
+        };
         let id = Identity {
             ip: Some((Ipv4Addr::new(172, 30, 0, 5), 24)),
             gw: Some(Ipv4Addr::new(172, 30, 0, 1)),
@@ -724,33 +765,15 @@ mod tests {
         };
         let mut commands = vec!["link set lo up".to_owned()];
         commands.extend(iface_commands(&id).into_iter().map(|s| s.argv.join(" ")));
-        let mut implementations = vec!["ip"];
-        if have("busybox") {
-            implementations.push("busybox ip");
-        } else {
-            eprintln!("busybox missing: checking iproute2 only");
-        }
         for imp in implementations {
-            let mut script = String::from(
-                "set -e\nip link add eth0 type veth peer name peer0\nip link set peer0 up\n",
-            );
-            for _ in 0..2 {
-                for c in &commands {
-                    script.push_str(&format!("{imp} {c}\n"));
-                }
-            }
-            script.push_str("ip -4 addr show dev eth0\nip -4 route\n");
-            let out = Command::new("unshare")
-                .args(["-n", "sh", "-c", &script])
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            if !out.status.success() && stderr.contains("unshare failed") {
-                eprintln!("skipped: cannot make a network namespace: {stderr}");
+            let Some(stdout) = run_in_netns(
+                imp,
+                "ip link add eth0 type veth peer name peer0\nip link set peer0 up\n",
+                &commands,
+                "ip -4 addr show dev eth0\nip -4 route\n",
+            ) else {
                 return;
-            }
-            assert!(out.status.success(), "{imp}: {stderr}\n{stdout}");
+            };
             assert!(stdout.contains("inet 172.30.0.5/24"), "{imp}: {stdout}");
             assert!(
                 stdout.contains("default via 172.30.0.1 dev eth0"),
@@ -765,20 +788,9 @@ mod tests {
     /// where that is not possible.
     #[test]
     fn replacing_ip_commands_move_a_configured_interface() {
-        let have = |prog: &str| {
-            Command::new(prog)
-                .arg("--help")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok()
-        };
-        // SAFETY: geteuid(2) takes no arguments and cannot fail.
-        let root = unsafe { libc::geteuid() } == 0;
-        if !root || !have("unshare") || !have("ip") {
-            eprintln!("skipped: needs root, unshare and iproute2");
+        let Some(implementations) = ip_implementations() else {
             return;
-        }
+        };
         let id = network_identity(
             "web-2",
             "52:54:00:1e:00:07",
@@ -792,34 +804,20 @@ mod tests {
             .into_iter()
             .map(|s| s.argv.join(" "))
             .collect();
-        let mut implementations = vec!["ip"];
-        if have("busybox") {
-            implementations.push("busybox ip");
-        }
         for imp in implementations {
-            let mut script = String::from(concat!(
-                "set -e\nip link add eth0 address 52:54:00:1e:00:02 type veth peer name peer0\n",
-                "ip link set peer0 up\nip link set eth0 up\n",
-                "ip addr add 172.30.0.2/24 dev eth0\nip addr add 10.9.0.2/16 dev eth0\n",
-                "ip route add default via 172.30.0.1\n",
-            ));
-            for _ in 0..2 {
-                for c in &commands {
-                    script.push_str(&format!("{imp} {c}\n"));
-                }
-            }
-            script.push_str("ip link show dev eth0\nip -4 addr show dev eth0\nip -4 route\n");
-            let out = Command::new("unshare")
-                .args(["-n", "sh", "-c", &script])
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            if !out.status.success() && stderr.contains("unshare failed") {
-                eprintln!("skipped: cannot make a network namespace: {stderr}");
+            let Some(stdout) = run_in_netns(
+                imp,
+                concat!(
+                    "ip link add eth0 address 52:54:00:1e:00:02 type veth peer name peer0\n",
+                    "ip link set peer0 up\nip link set eth0 up\n",
+                    "ip addr add 172.30.0.2/24 dev eth0\nip addr add 10.9.0.2/16 dev eth0\n",
+                    "ip route add default via 172.30.0.1\n",
+                ),
+                &commands,
+                "ip link show dev eth0\nip -4 addr show dev eth0\nip -4 route\n",
+            ) else {
                 return;
-            }
-            assert!(out.status.success(), "{imp}: {stderr}\n{stdout}");
+            };
             assert!(
                 stdout.contains("link/ether 52:54:00:1e:00:07"),
                 "{imp}: {stdout}"

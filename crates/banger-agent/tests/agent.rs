@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use banger_agent_proto::client::{AgentClient, ClientError, ExecEvent, ExecOutput};
-use banger_agent_proto::{decode, Event, GuestFrame, NewIdentity, MAX_CHUNK_BYTES};
+use banger_agent_proto::{decode, Event, GuestFrame, MAX_CHUNK_BYTES};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::time::{timeout, Instant};
 
@@ -297,26 +297,6 @@ async fn garbage_and_torn_frames_are_ignored() {
     assert_eq!(out.stdout, b"still fine\n");
 }
 
-fn new_identity() -> NewIdentity {
-    NewIdentity {
-        hostname: "web-2".into(),
-        mac: "52:54:00:1e:00:07".into(),
-        ip: "172.30.0.7/24".into(),
-        gateway: "172.30.0.1".into(),
-        dns: vec![],
-        iface: None,
-        unix_time_ns: 1_700_000_000_000_000_000,
-        // 32 zero bytes.
-        entropy: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
-        machine_id: "0123456789abcdef0123456789abcdef".into(),
-        ssh_host_key: "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n"
-            .into(),
-        ssh_host_key_pub: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5".into(),
-        authorized_keys: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 banger\n".into(),
-        instance_id: "vm-7".into(),
-    }
-}
-
 /// The real agent, under `--no-identity` so this host stays as it is:
 /// invalid identities are refused by field, a valid one is checked and
 /// then refused, and Pong has no instance id.
@@ -330,17 +310,22 @@ async fn reidentify_checks_the_identity_over_the_wire() {
         }
         other => panic!("expected an Agent error, got {other}"),
     };
-    let mut bad = new_identity();
+    let mut bad = banger_agent_proto::testkit::valid_identity();
     bad.mac = "01:00:5e:00:00:01".into();
     let message = agent_error(client.reidentify(&bad, T).await.unwrap_err());
     assert!(message.starts_with("invalid identity: mac"), "{message}");
     assert!(message.contains("multicast"), "{message}");
-    let mut bad = new_identity();
+    let mut bad = banger_agent_proto::testkit::valid_identity();
     bad.ssh_host_key_pub = "ssh-ed25519 AAAA\nssh-ed25519 BBBB".into();
     let message = agent_error(client.reidentify(&bad, T).await.unwrap_err());
     assert!(message.contains("ssh_host_key_pub"), "{message}");
 
-    let message = agent_error(client.reidentify(&new_identity(), T).await.unwrap_err());
+    let message = agent_error(
+        client
+            .reidentify(&banger_agent_proto::testkit::valid_identity(), T)
+            .await
+            .unwrap_err(),
+    );
     assert!(message.contains("--no-identity"), "{message}");
     assert_eq!(client.ping(T).await.unwrap().instance_id, None);
 }

@@ -12,27 +12,9 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn new_identity() -> NewIdentity {
-    NewIdentity {
-        hostname: "web-2".into(),
-        mac: "52:54:00:1e:00:07".into(),
-        ip: "172.30.0.7/24".into(),
-        gateway: "172.30.0.1".into(),
-        dns: vec!["172.30.0.1".into()],
-        iface: None,
-        unix_time_ns: 1_700_000_000_123_456_789,
-        entropy: b64(&[7u8; 64]),
-        machine_id: "0123456789abcdef0123456789abcdef".into(),
-        ssh_host_key: KEY.into(),
-        ssh_host_key_pub: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 web-2".into(),
-        authorized_keys: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 banger".into(),
-        instance_id: "vm-7".into(),
-    }
-}
-
 #[test]
 fn a_good_identity_becomes_a_plan() {
-    let plan = validate(&new_identity()).unwrap();
+    let plan = validate(&banger_agent_proto::testkit::valid_identity()).unwrap();
     assert_eq!(plan.network.iface, "eth0");
     assert_eq!(plan.network.mac.as_deref(), Some("52:54:00:1e:00:07"));
     assert!(plan.network.replace_addresses);
@@ -47,7 +29,7 @@ fn a_good_identity_becomes_a_plan() {
     );
     assert_eq!(plan.record.iface, "eth0");
     // A trailing newline on the public key, none on the private one: fine.
-    let mut id = new_identity();
+    let mut id = banger_agent_proto::testkit::valid_identity();
     id.ssh_host_key_pub.push('\n');
     id.ssh_host_key = KEY.trim_end().into();
     id.iface = Some("ens3".into());
@@ -169,7 +151,7 @@ fn every_bad_field_is_refused_by_name() {
         ),
     ];
     for (case, edit, want) in cases {
-        let mut id = new_identity();
+        let mut id = banger_agent_proto::testkit::valid_identity();
         edit(&mut id);
         let err = validate(&id).expect_err(case);
         assert!(err.contains(want), "{case}: {err}");
@@ -178,12 +160,12 @@ fn every_bad_field_is_refused_by_name() {
 
 #[test]
 fn refused_identities_change_nothing_and_disabled_agents_only_check() {
-    let mut bad = new_identity();
+    let mut bad = banger_agent_proto::testkit::valid_identity();
     bad.mac = "01:00:5e:00:00:01".into();
     let err = handle(&bad, false).unwrap_err();
     assert!(err.starts_with("invalid identity: mac"), "{err}");
     // A valid one under --no-identity: checked, then refused.
-    let err = handle(&new_identity(), false).unwrap_err();
+    let err = handle(&banger_agent_proto::testkit::valid_identity(), false).unwrap_err();
     assert!(err.contains("--no-identity"), "{err}");
     assert_eq!(identity::instance_id(), None);
 }
@@ -268,7 +250,7 @@ fn template_root() -> tempfile::TempDir {
 fn apply_runs_every_step_in_order_and_writes_the_files() {
     let root = template_root();
     let paths = Paths::under(root.path());
-    let plan = validate(&new_identity()).unwrap();
+    let plan = validate(&banger_agent_proto::testkit::valid_identity()).unwrap();
     let guest = Fake::default();
     apply(&plan, &paths, &guest).unwrap();
     assert_eq!(
@@ -338,7 +320,7 @@ fn apply_runs_every_step_in_order_and_writes_the_files() {
         })
     );
     for secret in [
-        &new_identity().entropy,
+        &banger_agent_proto::testkit::valid_identity().entropy,
         "PRIVATE KEY",
         "banger\n",
         "AAAAC3Nza",
@@ -378,7 +360,7 @@ fn a_failing_step_stops_the_rest_and_is_named() {
         ("clock", "set clock: ", 7),
         ("entropy", "add entropy: ", 8),
     ];
-    let plan = validate(&new_identity()).unwrap();
+    let plan = validate(&banger_agent_proto::testkit::valid_identity()).unwrap();
     for (fail, want, calls) in cases {
         let root = template_root();
         let paths = Paths::under(root.path());
@@ -405,7 +387,7 @@ fn a_failing_file_step_is_named() {
     let paths = Paths::under(root.path());
     // /root/.banger is a file: the key cannot go beneath it.
     std::fs::write(paths.at("/root/.banger"), "x").unwrap();
-    let plan = validate(&new_identity()).unwrap();
+    let plan = validate(&banger_agent_proto::testkit::valid_identity()).unwrap();
     let err = apply(&plan, &paths, &Fake::default()).unwrap_err();
     assert!(err.contains(SSH_HOST_KEY), "{err}");
     assert!(!paths.at(identity::PERSISTED).exists());

@@ -283,7 +283,9 @@ pub(crate) async fn follow(
             None => {}
         }
         last_progress = progress;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // A warm start is done in about a second: a coarse poll would be a
+        // visible part of it. A poll is one small request on a Unix socket.
+        tokio::time::sleep(Duration::from_millis(50)).await;
         cur = c.get(&format!("/operations/{}", cur.id)).await?;
     }
     if let Some(b) = bar {

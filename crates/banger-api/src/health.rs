@@ -27,6 +27,10 @@ pub struct PingResult {
     pub agent_version: String,
     pub hostname: String,
     pub boot_id: String,
+    /// Set by banger when the guest was restored from a warm snapshot
+    /// (whose boot id every VM restored from it shares); one per start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
 }
 
 /// `GET /v1/vms/{name}/health?timeout_ms=..`.

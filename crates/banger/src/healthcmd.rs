@@ -258,6 +258,7 @@ mod tests {
             agent_version: "0.1.0".into(),
             hostname: "box".into(),
             boot_id: "b".into(),
+            instance_id: None,
         }
     }
 

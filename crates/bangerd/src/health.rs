@@ -55,6 +55,7 @@ pub async fn ping(d: Shared, name: String, req: PingRequest) -> Result<PingResul
         agent_version: pong.agent_version,
         hostname: pong.hostname,
         boot_id: pong.boot_id,
+        instance_id: pong.instance_id,
     })
 }
 

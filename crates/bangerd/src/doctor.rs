@@ -105,7 +105,30 @@ pub async fn report(d: &Shared) -> DoctorReport {
         ),
     });
     checks.push(crate::dns::doctor_check(d));
+    checks.push(warm_check(d));
     DoctorReport { checks }
+}
+
+/// Whether new VMs are restored from warm snapshots, and which exist.
+fn warm_check(d: &Shared) -> DoctorCheck {
+    if !d.cfg.settings.warm {
+        return check(
+            "warm starts",
+            CheckStatus::Warn,
+            "off (warm = false or BANGER_WARM=0): every VM boots from scratch",
+        );
+    }
+    let snaps = crate::warm::list(d);
+    let current = snaps.iter().filter(|s| s.current).count();
+    let detail = match snaps.len() {
+        0 => "on; no snapshot yet (the first `vm run` of an image and shape makes one, or `banger image warm`)".to_string(),
+        n => format!(
+            "on; {n} snapshot(s), {current} current, {} stale, under {} (banger image snapshots)",
+            n - current,
+            crate::warm::warm_dir(d).display()
+        ),
+    };
+    check("warm starts", CheckStatus::Pass, detail)
 }
 
 /// QEMU runs as the daemon's user and opens /dev/net/tun itself for its

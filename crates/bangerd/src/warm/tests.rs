@@ -163,3 +163,200 @@ fn discard_removes_read_only_snapshot_files() {
     discard(&snap);
     assert!(!snap.exists());
 }
+
+/// A daemon over temporary directories and a real SQLite file; the helper
+/// socket does not exist (nothing here calls the helper).
+fn daemon(dir: &Path) -> Shared {
+    let layout = banger_paths::Layout::from_lookup(|k| match k {
+        "BANGER_STATE_DIR" => Some(dir.join("state")),
+        "BANGER_RUNTIME_DIR" => Some(dir.join("run")),
+        "BANGER_CACHE_DIR" => Some(dir.join("cache")),
+        "BANGER_CONFIG" => Some(dir.join("config.toml")),
+        "HOME" => Some(dir.to_path_buf()),
+        _ => None,
+    });
+    std::fs::create_dir_all(&layout.state_dir).unwrap();
+    let store = banger_store::Store::open(&layout.db_path()).unwrap();
+    let cfg = crate::daemon::Config {
+        settings: banger_paths::Settings::default(),
+        owner_uid: 0,
+        qemu_bin: "/usr/bin/qemu-system-x86_64".into(),
+        kvm_dev: "/dev/kvm".into(),
+        agent_bin: dir.join("banger-agent"),
+        bridge: "br-fc".into(),
+        gateway: banger_net::DEFAULT_GATEWAY,
+        prefix: banger_net::DEFAULT_PREFIX,
+        boot_timeout: Duration::from_secs(1),
+        mirror: String::new(),
+        layout,
+    };
+    std::sync::Arc::new(crate::daemon::Daemon::new(cfg, store))
+}
+
+/// Publishes a snapshot of `want` from fake files, as `ensure` does after
+/// a build.
+fn publish_fake(d: &Shared, want: &Inputs) -> Snapshot {
+    let build = warm_dir(d).join(format!(".build-{}", want.id()));
+    std::fs::create_dir_all(&build).unwrap();
+    for f in [STATE, ROOT, WORK] {
+        std::fs::write(build.join(f), f).unwrap();
+    }
+    let meta = Meta {
+        id: want.id(),
+        inputs: want.clone(),
+        created_at: 1,
+        build_ms: 2,
+    };
+    let s = publish(d, &build, &meta).unwrap();
+    std::fs::remove_dir_all(&build).unwrap();
+    s
+}
+
+fn vm_row(d: &Shared, id: &str, name: &str, snapshot: &str) {
+    d.store
+        .insert_vm(&banger_store::VmRecord {
+            id: id.into(),
+            name: name.into(),
+            state: "stopped".into(),
+            error: None,
+            image: "debian-bookworm".into(),
+            vcpus: 2,
+            memory_mib: 1024,
+            work_disk_mib: 8192,
+            ip: "172.30.0.9".into(),
+            mac: "52:54:00:1e:00:09".into(),
+            vmm: "qemu".into(),
+            vmm_reason: None,
+            root_cow: "qcow2".into(),
+            created_at: 1,
+            started_at: None,
+            nat: false,
+            workspace_json: None,
+        })
+        .unwrap();
+    let dir = d.cfg.layout.vm_dir(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(VM_MARKER), format!("{snapshot}\n")).unwrap();
+}
+
+#[test]
+fn lookup_publish_and_staleness() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = daemon(tmp.path());
+    let want = inputs();
+    match lookup(&d, &want) {
+        Lookup::Missing(m) => assert_eq!(
+            m,
+            "no warm snapshot of debian-bookworm (2 vcpu, 1024 MiB, 8192 MiB disk) yet"
+        ),
+        _ => panic!("expected Missing"),
+    }
+    let s = publish_fake(&d, &want);
+    assert_eq!(s.dir, warm_dir(&d).join(want.id()));
+    for (f, mode) in [(STATE, 0o400), (ROOT, 0o444), (WORK, 0o444)] {
+        let md = std::fs::metadata(s.dir.join(f)).unwrap();
+        assert_eq!(md.permissions().mode() & 0o777, mode, "{f}");
+    }
+    assert!(matches!(lookup(&d, &want), Lookup::Ready(r) if r.id() == want.id()));
+    assert_eq!(all(&d).len(), 1);
+
+    // A new agent: the old snapshot is stale, and says why.
+    let mut newer = inputs();
+    newer.agent = "cc".into();
+    match lookup(&d, &newer) {
+        Lookup::Missing(m) => assert_eq!(
+            m,
+            format!(
+                "the warm snapshot {} of debian-bookworm (2 vcpu, 1024 MiB, 8192 MiB disk) is stale: the guest agent changed",
+                want.id()
+            )
+        ),
+        _ => panic!("expected Missing"),
+    }
+    // Another shape is not "stale", just missing.
+    let mut other = inputs();
+    other.vcpus = 4;
+    assert!(matches!(lookup(&d, &other), Lookup::Missing(m) if m.contains("no warm snapshot")));
+
+    // A failed build is remembered until a build succeeds.
+    std::fs::write(
+        warm_dir(&d).join(format!(".{}.{FAILED}", other.id())),
+        "boom\n",
+    )
+    .unwrap();
+    assert!(matches!(lookup(&d, &other), Lookup::Failed(m) if m == "boom"));
+
+    // A half-published directory (no snapshot.json) is never a snapshot.
+    std::fs::remove_file(s.dir.join(META)).unwrap();
+    assert!(all(&d).is_empty());
+    assert!(matches!(lookup(&d, &want), Lookup::Missing(_)));
+}
+
+#[test]
+fn stale_snapshots_go_unless_a_vm_backs_onto_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = daemon(tmp.path());
+    let old = inputs();
+    let old_snap = publish_fake(&d, &old);
+    vm_row(&d, "0123456789ab", "keeper", old_snap.id());
+
+    let mut new = inputs();
+    new.image_id = "changed".into();
+    publish_fake(&d, &new);
+    collect_stale(&d, &new);
+    assert!(old_snap.dir.exists(), "a VM's disks back onto it");
+    let err = remove(&d, old_snap.id()).unwrap_err();
+    assert!(err.contains("keeper"), "{err}");
+
+    d.store.delete_vm("0123456789ab").unwrap();
+    collect_stale(&d, &new);
+    assert!(!old_snap.dir.exists());
+    assert!(
+        warm_dir(&d).join(new.id()).exists(),
+        "the current one stays"
+    );
+
+    assert!(remove(&d, "../etc")
+        .unwrap_err()
+        .contains("not a warm snapshot id"));
+    assert!(remove(&d, "0000000000000000")
+        .unwrap_err()
+        .starts_with("no warm snapshot"));
+    remove(&d, &new.id()).unwrap();
+    assert!(all(&d).is_empty());
+}
+
+#[test]
+fn deleting_an_image_forgets_its_unused_snapshots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = daemon(tmp.path());
+    let used = publish_fake(&d, &inputs());
+    vm_row(&d, "0123456789ab", "keeper", used.id());
+    let mut other_shape = inputs();
+    other_shape.vcpus = 4;
+    let unused = publish_fake(&d, &other_shape);
+    let mut other_image = inputs();
+    other_image.image = "alpine".into();
+    let alpine = publish_fake(&d, &other_image);
+    assert_eq!(forget_image(&d, "debian-bookworm"), [used.id().to_string()]);
+    assert!(used.dir.exists() && !unused.dir.exists() && alpine.dir.exists());
+}
+
+#[tokio::test]
+async fn reconcile_removes_unfinished_publishes_and_builds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = daemon(tmp.path());
+    let keep = publish_fake(&d, &inputs());
+    for name in [".tmp-abc-1234", ".build-0123456789ab"] {
+        let p = warm_dir(&d).join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join(STATE), b"x").unwrap();
+        std::fs::set_permissions(p.join(STATE), std::fs::Permissions::from_mode(0o400)).unwrap();
+    }
+    reconcile(&d).await;
+    let left: Vec<String> = std::fs::read_dir(warm_dir(&d))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, [keep.id().to_string()]);
+}

@@ -129,6 +129,17 @@ pub fn get(d: &Shared, name: &str) -> Result<Image, ApiError> {
 /// from the catalog; a missing kernel is pulled from the catalog. Parallel
 /// callers wait for one build or pull instead of starting their own.
 pub async fn ensure(d: &Shared, name: &str, op: Option<&OpHandle>) -> Result<Image, ApiError> {
+    ensure_for(d, name, op, None).await
+}
+
+/// [`ensure`] for the VM named `creating` (its row exists, its disks do not yet):
+/// that VM does not keep a stale default image from being rebuilt.
+pub async fn ensure_for(
+    d: &Shared,
+    name: &str,
+    op: Option<&OpHandle>,
+    creating: Option<&str>,
+) -> Result<Image, ApiError> {
     if name != banger_image::DEFAULT_IMAGE {
         if matches!(d.store.image(name), Ok(None)) {
             let _g = d.image_locks.lock(name).await;
@@ -152,13 +163,13 @@ pub async fn ensure(d: &Shared, name: &str, op: Option<&OpHandle>) -> Result<Ima
         return get(d, name);
     }
     if let Ok(img) = get(d, name) {
-        if !needs_rebuild(d, name, &img) {
+        if !needs_rebuild(d, name, &img, creating) {
             return Ok(img);
         }
     }
     let _g = d.image_lock.lock().await;
     if let Ok(img) = get(d, name) {
-        if !needs_rebuild(d, name, &img) {
+        if !needs_rebuild(d, name, &img, creating) {
             return Ok(img);
         }
         tracing::info!(
@@ -174,8 +185,10 @@ pub async fn ensure(d: &Shared, name: &str, op: Option<&OpHandle>) -> Result<Ima
 
 /// The default image is stale when its build hash no longer matches the
 /// current recipe and agent binary. It is rebuilt only while no VM uses it:
-/// their overlays are backed by the current rootfs.
-fn needs_rebuild(d: &Shared, name: &str, img: &Image) -> bool {
+/// their overlays are backed by the current rootfs. `creating` is the VM
+/// asking, whose row exists but whose disks do not: it is no user yet (it
+/// was counted before, so `vm run` never rebuilt a stale image).
+fn needs_rebuild(d: &Shared, name: &str, img: &Image, creating: Option<&str>) -> bool {
     if name != banger_image::DEFAULT_IMAGE || !d.cfg.agent_bin.exists() {
         return false;
     }
@@ -188,7 +201,7 @@ fn needs_rebuild(d: &Shared, name: &str, img: &Image) -> bool {
         return false;
     }
     match d.store.vms_using_image(name) {
-        Ok(users) if users.is_empty() => true,
+        Ok(users) if users.iter().all(|u| Some(u.as_str()) == creating) => true,
         Ok(users) => {
             tracing::warn!(image = name, vms = ?users, "image is stale but in use; keeping it");
             false
@@ -964,6 +977,58 @@ fn tally(dir: &Path) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The default image as `needs_rebuild` sees it, built by `build_hash`.
+    fn default_image(dir: &std::path::Path, build_hash: &str) -> Image {
+        Image {
+            dir: dir.to_path_buf(),
+            manifest: banger_image::Manifest {
+                name: banger_image::DEFAULT_IMAGE.into(),
+                source: "debian:bookworm".into(),
+                build_hash: build_hash.into(),
+                rootfs: "rootfs.ext4".into(),
+                kernel: "vmlinuz".into(),
+                initrd: None,
+                kernel_name: None,
+                init: None,
+                work_seed: "work-seed".into(),
+                kernel_version: "6.1".into(),
+                rootfs_bytes: 1,
+                created_at: 1,
+            },
+            kernel: dir.join("vmlinuz"),
+            initrd: None,
+        }
+    }
+
+    #[test]
+    fn a_stale_default_image_is_rebuilt_unless_another_vm_uses_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = crate::testutil::daemon(tmp.path());
+        std::fs::write(&d.cfg.agent_bin, b"a newer agent").unwrap();
+        let mut build = DebianBuild::new(d.cfg.agent_bin.clone());
+        build.mirror = d.cfg.mirror.clone();
+        let current = default_image(tmp.path(), &build.build_hash().unwrap());
+        let stale = default_image(tmp.path(), "built-with-an-older-agent");
+        let name = banger_image::DEFAULT_IMAGE;
+
+        assert!(!needs_rebuild(&d, name, &current, None));
+        assert!(needs_rebuild(&d, name, &stale, None));
+        // The VM being created has a row already: it is no user yet.
+        // (Regression: it counted, so `vm run` never rebuilt a stale image.)
+        crate::testutil::vm_row(&d, "0123456789ab", "self", None);
+        assert!(needs_rebuild(&d, name, &stale, Some("self")));
+        assert!(
+            !needs_rebuild(&d, name, &stale, None),
+            "self is a user for others"
+        );
+        crate::testutil::vm_row(&d, "ba9876543210", "other", None);
+        assert!(
+            !needs_rebuild(&d, name, &stale, Some("self")),
+            "another VM's overlay backs onto the current rootfs"
+        );
+        assert!(!needs_rebuild(&d, "another-image", &stale, Some("self")));
+    }
 
     #[test]
     fn references_and_default_names() {

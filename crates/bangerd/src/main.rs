@@ -28,6 +28,8 @@ mod server;
 mod ssh;
 mod stats;
 mod tappool;
+#[cfg(test)]
+mod testutil;
 mod vm;
 mod vmset;
 mod warm;

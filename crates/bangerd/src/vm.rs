@@ -200,7 +200,7 @@ async fn run_create(
     cold: bool,
 ) -> Result<VmInfo, ApiError> {
     op.stage("image");
-    let img = images::ensure(d, &rec.image, Some(op)).await?;
+    let img = images::ensure_for(d, &rec.image, Some(op), Some(&rec.name)).await?;
     let mut rec = rec.clone();
     if try_warm(d, op, &mut rec, &img, cold).await? {
         return finish_create(d, rec);

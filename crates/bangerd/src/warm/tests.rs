@@ -164,35 +164,6 @@ fn discard_removes_read_only_snapshot_files() {
     assert!(!snap.exists());
 }
 
-/// A daemon over temporary directories and a real SQLite file; the helper
-/// socket does not exist (nothing here calls the helper).
-fn daemon(dir: &Path) -> Shared {
-    let layout = banger_paths::Layout::from_lookup(|k| match k {
-        "BANGER_STATE_DIR" => Some(dir.join("state")),
-        "BANGER_RUNTIME_DIR" => Some(dir.join("run")),
-        "BANGER_CACHE_DIR" => Some(dir.join("cache")),
-        "BANGER_CONFIG" => Some(dir.join("config.toml")),
-        "HOME" => Some(dir.to_path_buf()),
-        _ => None,
-    });
-    std::fs::create_dir_all(&layout.state_dir).unwrap();
-    let store = banger_store::Store::open(&layout.db_path()).unwrap();
-    let cfg = crate::daemon::Config {
-        settings: banger_paths::Settings::default(),
-        owner_uid: 0,
-        qemu_bin: "/usr/bin/qemu-system-x86_64".into(),
-        kvm_dev: "/dev/kvm".into(),
-        agent_bin: dir.join("banger-agent"),
-        bridge: "br-fc".into(),
-        gateway: banger_net::DEFAULT_GATEWAY,
-        prefix: banger_net::DEFAULT_PREFIX,
-        boot_timeout: Duration::from_secs(1),
-        mirror: String::new(),
-        layout,
-    };
-    std::sync::Arc::new(crate::daemon::Daemon::new(cfg, store))
-}
-
 /// Publishes a snapshot of `want` from fake files, as `ensure` does after
 /// a build.
 fn publish_fake(d: &Shared, want: &Inputs) -> Snapshot {
@@ -212,37 +183,10 @@ fn publish_fake(d: &Shared, want: &Inputs) -> Snapshot {
     s
 }
 
-fn vm_row(d: &Shared, id: &str, name: &str, snapshot: &str) {
-    d.store
-        .insert_vm(&banger_store::VmRecord {
-            id: id.into(),
-            name: name.into(),
-            state: "stopped".into(),
-            error: None,
-            image: "debian-bookworm".into(),
-            vcpus: 2,
-            memory_mib: 1024,
-            work_disk_mib: 8192,
-            ip: "172.30.0.9".into(),
-            mac: "52:54:00:1e:00:09".into(),
-            vmm: "qemu".into(),
-            vmm_reason: None,
-            root_cow: "qcow2".into(),
-            created_at: 1,
-            started_at: None,
-            nat: false,
-            workspace_json: None,
-        })
-        .unwrap();
-    let dir = d.cfg.layout.vm_dir(id);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(VM_MARKER), format!("{snapshot}\n")).unwrap();
-}
-
 #[test]
 fn lookup_publish_and_staleness() {
     let tmp = tempfile::tempdir().unwrap();
-    let d = daemon(tmp.path());
+    let d = crate::testutil::daemon(tmp.path());
     let want = inputs();
     match lookup(&d, &want) {
         Lookup::Missing(m) => assert_eq!(
@@ -295,10 +239,10 @@ fn lookup_publish_and_staleness() {
 #[test]
 fn stale_snapshots_go_unless_a_vm_backs_onto_them() {
     let tmp = tempfile::tempdir().unwrap();
-    let d = daemon(tmp.path());
+    let d = crate::testutil::daemon(tmp.path());
     let old = inputs();
     let old_snap = publish_fake(&d, &old);
-    vm_row(&d, "0123456789ab", "keeper", old_snap.id());
+    crate::testutil::vm_row(&d, "0123456789ab", "keeper", Some(old_snap.id()));
 
     let mut new = inputs();
     new.image_id = "changed".into();
@@ -329,9 +273,9 @@ fn stale_snapshots_go_unless_a_vm_backs_onto_them() {
 #[test]
 fn deleting_an_image_forgets_its_unused_snapshots() {
     let tmp = tempfile::tempdir().unwrap();
-    let d = daemon(tmp.path());
+    let d = crate::testutil::daemon(tmp.path());
     let used = publish_fake(&d, &inputs());
-    vm_row(&d, "0123456789ab", "keeper", used.id());
+    crate::testutil::vm_row(&d, "0123456789ab", "keeper", Some(used.id()));
     let mut other_shape = inputs();
     other_shape.vcpus = 4;
     let unused = publish_fake(&d, &other_shape);
@@ -345,7 +289,7 @@ fn deleting_an_image_forgets_its_unused_snapshots() {
 #[tokio::test]
 async fn reconcile_removes_unfinished_publishes_and_builds() {
     let tmp = tempfile::tempdir().unwrap();
-    let d = daemon(tmp.path());
+    let d = crate::testutil::daemon(tmp.path());
     let keep = publish_fake(&d, &inputs());
     for name in [".tmp-abc-1234", ".build-0123456789ab"] {
         let p = warm_dir(&d).join(name);

@@ -95,6 +95,15 @@ pub struct Pong {
     /// [`AgentClient::reidentify`] since it booted; `None` before that, and
     /// from agents that predate warm starts.
     pub instance_id: Option<String>,
+    /// Newer requests this agent takes ([`crate::FEATURE_REIDENTIFY`]).
+    pub features: Vec<String>,
+}
+
+impl Pong {
+    /// Whether the agent takes the request behind `feature`.
+    pub fn has(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
 }
 
 /// What an upload ([`AgentClient::tar_in`]) did in the guest.
@@ -201,11 +210,13 @@ impl AgentClient {
                 hostname,
                 agent_version,
                 instance_id,
+                features,
             } => Ok(Pong {
                 boot_id,
                 hostname,
                 agent_version,
                 instance_id,
+                features,
             }),
             other => Err(unexpected("ping", &other)),
         }

@@ -78,6 +78,10 @@ pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 /// Largest raw payload of one [`Request::Chunk`] (host to guest).
 pub const MAX_CHUNK_IN_BYTES: usize = 1024 * 1024;
 
+/// In [`Event::Pong`]'s `features`: the agent takes [`Request::Reidentify`]
+/// (warm starts; a snapshot of a guest whose agent lacks it is useless).
+pub const FEATURE_REIDENTIFY: &str = "reidentify";
+
 /// A request from the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostFrame {
@@ -231,6 +235,11 @@ pub enum Event {
         /// before any, and from agents that predate the field.
         #[serde(default)]
         instance_id: Option<String>,
+        /// Requests this agent takes beyond the first protocol's (see
+        /// [`FEATURE_REIDENTIFY`]): a host asks for a newer one only when
+        /// it is listed. Empty from agents that predate the field.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        features: Vec<String>,
     },
     /// Base64 of bytes the command wrote to stdout.
     Stdout { data: String },
@@ -826,6 +835,7 @@ mod tests {
                 hostname: "h".into(),
                 agent_version: "0.1.0".into(),
                 instance_id: None,
+                features: Vec::new(),
             }
         );
         let g = GuestFrame {
@@ -835,12 +845,13 @@ mod tests {
                 hostname: "h".into(),
                 agent_version: "0.1.0".into(),
                 instance_id: Some("vm-7".into()),
+                features: vec![FEATURE_REIDENTIFY.into()],
             },
         };
         let line = encode(&g);
         assert_eq!(
             std::str::from_utf8(&line).unwrap(),
-            "{\"id\":2,\"type\":\"pong\",\"boot_id\":\"b\",\"hostname\":\"h\",\"agent_version\":\"0.1.0\",\"instance_id\":\"vm-7\"}\n"
+            "{\"id\":2,\"type\":\"pong\",\"boot_id\":\"b\",\"hostname\":\"h\",\"agent_version\":\"0.1.0\",\"instance_id\":\"vm-7\",\"features\":[\"reidentify\"]}\n"
         );
         assert_eq!(decode::<GuestFrame>(&line).unwrap(), g);
     }

@@ -69,6 +69,7 @@ fn pong() -> Event {
         hostname: "vm".into(),
         agent_version: "0.1.0".into(),
         instance_id: None,
+        features: Vec::new(),
     }
 }
 
@@ -199,6 +200,7 @@ async fn reidentify_sends_the_identity_and_waits_for_ok() {
             hostname: "web-2".into(),
             agent_version: "0.2.0".into(),
             instance_id: Some("vm-7".into()),
+            features: vec![banger_agent_proto::FEATURE_REIDENTIFY.into()],
         },
     )
     .await;

@@ -255,6 +255,7 @@ fn handle(id: u64, req: Request, out: &Arc<Out>, policy: Policy) {
                 hostname: read_trimmed("/proc/sys/kernel/hostname"),
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
                 instance_id: crate::identity::instance_id(),
+                features: vec![banger_agent_proto::FEATURE_REIDENTIFY.to_owned()],
             },
         ),
         Request::Ports => match crate::ports::list() {

@@ -36,6 +36,8 @@ async fn ping_answers_with_the_boot_id() {
     assert_eq!(pong.boot_id, boot_id.trim());
     assert!(!pong.boot_id.is_empty());
     assert_eq!(pong.agent_version, env!("CARGO_PKG_VERSION"));
+    // The daemon makes warm snapshots only of guests whose agent says this.
+    assert!(pong.has(banger_agent_proto::FEATURE_REIDENTIFY), "{pong:?}");
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(pong.hostname, hostname.trim());
 }

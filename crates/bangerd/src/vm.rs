@@ -342,9 +342,10 @@ async fn try_warm(
         Err(e) => {
             cleanup_runtime(d, rec).await;
             discard_warm_disks(&dir);
+            crate::warm::drop_broken(d, restore.snap.id()).await;
             crate::logs::note(d, rec, &format!("warm start failed: {}", e.message));
             op.note(&format!(
-                "cold boot: restoring snapshot {} failed: {}",
+                "cold boot: restoring snapshot {} failed (it was dropped; a later run makes a new one): {}",
                 restore.snap.id(),
                 first_line(&e.message)
             ));

@@ -450,6 +450,22 @@ fn discard(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Drops snapshot `id` after a restore from it failed, unless VMs back
+/// onto it: the next run builds a fresh one (and, if the cause is in the
+/// image, that build fails and is remembered) instead of failing the same
+/// restore on every run.
+pub async fn drop_broken(d: &Shared, id: &str) {
+    let _g = d.warm_lock.lock().await;
+    let dir = warm_dir(d).join(id);
+    if load_meta(&dir).is_some() && users(d, id).is_empty() {
+        tracing::warn!(
+            snapshot = id,
+            "removing a warm snapshot that failed to restore"
+        );
+        discard(&dir);
+    }
+}
+
 /// Removes stale snapshots of `want`'s shape that no VM backs onto.
 fn collect_stale(d: &Shared, want: &Inputs) {
     for s in all(d) {
@@ -735,11 +751,20 @@ async fn boot_and_save(
     handles::save(dir, &h).map_err(|e| format!("save handles: {e}"))?;
 
     let deadline = tokio::time::Instant::now() + d.cfg.boot_timeout;
-    let (agent, _) = tokio::select! {
+    let (agent, pong) = tokio::select! {
         r = banger_agent_proto::client::wait_ready(&cfg.agent_socket, deadline) =>
             r.map_err(|e| format!("the template guest did not become ready: {e}"))?,
         _ = crate::vm::watch_exit(pid) => return Err("the template's qemu exited during boot".into()),
     };
+    // Every clone must take its own identity from the agent; a snapshot of
+    // an older agent would fail every restore.
+    if !pong.has(banger_agent_proto::FEATURE_REIDENTIFY) {
+        return Err(format!(
+            "the guest agent in image {} predates warm starts (it cannot take a new identity); \
+             rebuild the image (`banger image build --force` for the default one) or import it again",
+            want.image
+        ));
+    }
     if img.manifest.init.is_none() {
         progress("waiting for systemd to settle");
         // `degraded` is fine (a unit failed); the point is that the boot

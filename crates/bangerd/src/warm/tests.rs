@@ -304,3 +304,21 @@ async fn reconcile_removes_unfinished_publishes_and_builds() {
         .collect();
     assert_eq!(left, [keep.id().to_string()]);
 }
+
+#[tokio::test]
+async fn a_snapshot_that_failed_to_restore_is_dropped_unless_in_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = crate::testutil::daemon(tmp.path());
+    let s = publish_fake(&d, &inputs());
+    crate::testutil::vm_row(&d, "0123456789ab", "keeper", Some(s.id()));
+    drop_broken(&d, s.id()).await;
+    assert!(s.dir.exists(), "a VM backs onto it");
+    d.store.delete_vm("0123456789ab").unwrap();
+    drop_broken(&d, s.id()).await;
+    assert!(!s.dir.exists());
+    assert!(
+        matches!(lookup(&d, &inputs()), Lookup::Missing(_)),
+        "not a failed build"
+    );
+    drop_broken(&d, "0000000000000000").await; // nothing there: no panic
+}

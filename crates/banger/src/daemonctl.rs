@@ -91,10 +91,24 @@ pub async fn start(layout: &Layout, quiet: bool) -> anyhow::Result<()> {
         );
     }
     if let Some(st) = daemon_up(&client).await {
-        if !quiet {
-            println!("bangerd already running (pid {})", st.pid);
+        let ours = banger_buildinfo::version_line("bangerd");
+        if st.version == ours {
+            if !quiet {
+                println!("bangerd already running (pid {})", st.pid);
+            }
+            return Ok(());
         }
-        return Ok(());
+        // A rebuild (or an update of a dev install) left the old daemon
+        // and helper running: replace them, or new code would never run.
+        // VMs keep running across this (they are re-adopted).
+        eprintln!(
+            "{}",
+            crate::style::dim(&format!(
+                "restarting {} (pid {}): this banger is {ours}; running VMs keep running",
+                st.version, st.pid
+            ))
+        );
+        stop(layout).await?;
     }
     // A bad config file stops here, with its path, before anything starts.
     let settings = banger_paths::Settings::from_env(&layout.config_file)?;

@@ -978,29 +978,6 @@ fn tally(dir: &Path) -> (u64, u64) {
 mod tests {
     use super::*;
 
-    /// The default image as `needs_rebuild` sees it, built by `build_hash`.
-    fn default_image(dir: &std::path::Path, build_hash: &str) -> Image {
-        Image {
-            dir: dir.to_path_buf(),
-            manifest: banger_image::Manifest {
-                name: banger_image::DEFAULT_IMAGE.into(),
-                source: "debian:bookworm".into(),
-                build_hash: build_hash.into(),
-                rootfs: "rootfs.ext4".into(),
-                kernel: "vmlinuz".into(),
-                initrd: None,
-                kernel_name: None,
-                init: None,
-                work_seed: "work-seed".into(),
-                kernel_version: "6.1".into(),
-                rootfs_bytes: 1,
-                created_at: 1,
-            },
-            kernel: dir.join("vmlinuz"),
-            initrd: None,
-        }
-    }
-
     #[test]
     fn a_stale_default_image_is_rebuilt_unless_another_vm_uses_it() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1008,9 +985,9 @@ mod tests {
         std::fs::write(&d.cfg.agent_bin, b"a newer agent").unwrap();
         let mut build = DebianBuild::new(d.cfg.agent_bin.clone());
         build.mirror = d.cfg.mirror.clone();
-        let current = default_image(tmp.path(), &build.build_hash().unwrap());
-        let stale = default_image(tmp.path(), "built-with-an-older-agent");
         let name = banger_image::DEFAULT_IMAGE;
+        let current = crate::testutil::image(tmp.path(), name, &build.build_hash().unwrap());
+        let stale = crate::testutil::image(tmp.path(), name, "built-with-an-older-agent");
 
         assert!(!needs_rebuild(&d, name, &current, None));
         assert!(needs_rebuild(&d, name, &stale, None));

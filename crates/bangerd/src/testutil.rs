@@ -67,3 +67,27 @@ pub fn vm_row(d: &Shared, id: &str, name: &str, snapshot: Option<&str>) {
         std::fs::write(dir.join(crate::warm::VM_MARKER), format!("{snapshot}\n")).unwrap();
     }
 }
+
+/// An image record as the daemon loads it: `rootfs.ext4` and `vmlinuz` in
+/// `dir` (not created here), built with `build_hash`.
+pub fn image(dir: &Path, name: &str, build_hash: &str) -> crate::images::Image {
+    crate::images::Image {
+        dir: dir.to_path_buf(),
+        manifest: banger_image::Manifest {
+            name: name.into(),
+            source: "test".into(),
+            build_hash: build_hash.into(),
+            rootfs: "rootfs.ext4".into(),
+            kernel: "vmlinuz".into(),
+            initrd: None,
+            kernel_name: None,
+            init: None,
+            work_seed: "work-seed".into(),
+            kernel_version: "6.1".into(),
+            rootfs_bytes: 4,
+            created_at: 1,
+        },
+        kernel: dir.join("vmlinuz"),
+        initrd: None,
+    }
+}

@@ -59,28 +59,11 @@ fn a_stale_snapshot_says_what_changed() {
     assert!(!other_shape.same_shape(&old));
 }
 
+/// An image of small real files (image_id stats them).
 fn image(dir: &Path) -> Image {
     std::fs::write(dir.join("rootfs.ext4"), b"root").unwrap();
     std::fs::write(dir.join("vmlinuz"), b"kernel").unwrap();
-    Image {
-        dir: dir.to_path_buf(),
-        manifest: banger_image::Manifest {
-            name: "img".into(),
-            source: "test".into(),
-            build_hash: "h1".into(),
-            rootfs: "rootfs.ext4".into(),
-            kernel: "vmlinuz".into(),
-            initrd: None,
-            kernel_name: None,
-            init: None,
-            work_seed: "work-seed".into(),
-            kernel_version: "6.1".into(),
-            rootfs_bytes: 4,
-            created_at: 1,
-        },
-        kernel: dir.join("vmlinuz"),
-        initrd: None,
-    }
+    crate::testutil::image(dir, "img", "h1")
 }
 
 #[test]

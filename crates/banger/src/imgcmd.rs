@@ -262,26 +262,17 @@ pub struct KernelImportArgs {
     json: bool,
 }
 
-fn size_mib(flag: &str, v: Option<&str>) -> anyhow::Result<Option<u64>> {
-    v.map(|m| {
-        banger_api::parse_size_mib(m)
-            .map_err(anyhow::Error::msg)
-            .with_context(|| flag.to_string())
-    })
-    .transpose()
-}
-
 /// A snapshot id: what `banger image snapshots` prints.
 fn is_snapshot_id(s: &str) -> bool {
     s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 async fn warm(c: &Client, a: WarmArgs) -> anyhow::Result<u8> {
-    let memory_mib = size_mib("--memory", a.memory.as_deref())?;
+    let memory_mib = crate::vmcmd::size_flag("--memory", a.memory.as_deref())?;
     let req = WarmImageRequest {
         vcpus: a.vcpu,
         memory_mib: memory_mib.map(|m| m.min(u32::MAX as u64) as u32),
-        work_disk_mib: size_mib("--disk", a.disk.as_deref())?,
+        work_disk_mib: crate::vmcmd::size_flag("--disk", a.disk.as_deref())?,
         vmm: None,
         force: a.force,
     };

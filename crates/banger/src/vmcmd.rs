@@ -184,28 +184,24 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An optional size flag (`--memory 2G`, `--disk 20G`) in MiB; a bad value
+/// fails naming the flag.
+pub(crate) fn size_flag(flag: &'static str, value: Option<&str>) -> anyhow::Result<Option<u64>> {
+    value
+        .map(|v| {
+            banger_api::parse_size_mib(v)
+                .map_err(anyhow::Error::msg)
+                .context(flag)
+        })
+        .transpose()
+}
+
 pub(crate) fn create_request(s: &ShapeArgs) -> anyhow::Result<CreateVmRequest> {
     if let Some(name) = s.name.as_deref().filter(|n| !n.is_empty()) {
         validate_vm_name(name)?;
     }
-    let memory_mib = s
-        .memory
-        .as_deref()
-        .map(|m| {
-            banger_api::parse_size_mib(m)
-                .map_err(anyhow::Error::msg)
-                .context("--memory")
-        })
-        .transpose()?;
-    let work_disk_mib = s
-        .disk
-        .as_deref()
-        .map(|m| {
-            banger_api::parse_size_mib(m)
-                .map_err(anyhow::Error::msg)
-                .context("--disk")
-        })
-        .transpose()?;
+    let memory_mib = size_flag("--memory", s.memory.as_deref())?;
+    let work_disk_mib = size_flag("--disk", s.disk.as_deref())?;
     let req = CreateVmRequest {
         vmm: s.vmm,
         name: s.name.clone(),

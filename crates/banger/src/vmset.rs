@@ -5,7 +5,7 @@
 //! checks everything again under the VM's lock; its answer is the one
 //! that counts.
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use banger_api::{
     format_size, validate_vm_name, HostLimits, SetVmRequest, SetVmResult, VmInfo, VmSpec, VmState,
 };
@@ -36,19 +36,10 @@ pub struct SetArgs {
 /// The request the flags ask for; bad sizes and "nothing to change" fail here.
 fn request(a: &SetArgs) -> anyhow::Result<SetVmRequest> {
     validate_vm_name(&a.name)?;
-    let size = |flag: &'static str, v: &Option<String>| {
-        v.as_deref()
-            .map(|s| {
-                banger_api::parse_size_mib(s)
-                    .map_err(anyhow::Error::msg)
-                    .context(flag)
-            })
-            .transpose()
-    };
     let req = SetVmRequest {
         vcpus: a.vcpu,
-        memory_mib: size("--memory", &a.memory)?,
-        work_disk_mib: size("--disk", &a.disk)?,
+        memory_mib: crate::vmcmd::size_flag("--memory", a.memory.as_deref())?,
+        work_disk_mib: crate::vmcmd::size_flag("--disk", a.disk.as_deref())?,
     };
     if req.is_empty() {
         bail!("nothing to change: pass --vcpu, --memory or --disk");

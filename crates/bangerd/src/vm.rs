@@ -95,11 +95,37 @@ pub fn info(d: &Shared, rec: &VmRecord) -> VmInfo {
     }
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     use rand::RngCore;
     let mut b = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Creates `dir` (and its parents) readable by the owner only: VM and
+/// runtime directories hold disks, keys and sockets.
+pub(crate) fn private_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("create {}: {e}", dir.display()))
+}
+
+/// Has the helper kill the VMM `pid` of VM `vm_id` and waits (up to 5 s)
+/// for it to be gone.
+pub(crate) async fn stop_vmm(d: &Shared, vm_id: &str, pid: u32) -> Result<(), String> {
+    let killed = d
+        .helper
+        .kill_vmm("", vm_id, pid)
+        .await
+        .map_err(|e| e.to_string());
+    let t = Instant::now();
+    while banger_vmm::proc::is_alive(pid) && t.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    killed
 }
 
 /// Validates a create request, reserves the name and an address, and starts
@@ -368,14 +394,10 @@ fn prepare_warm_disks(
     name: &str,
 ) -> Result<banger_ssh::HostKey, String> {
     use banger_vmm::qemu::{create_overlay_of, DiskFormat};
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("create {}: {e}", dir.display()))?;
+    private_dir(dir)?;
     let qemu_img = std::path::Path::new("qemu-img");
-    create_overlay_of(qemu_img, root, DiskFormat::Qcow2, &dir.join("root.qcow2"))
+    let root_file = firecracker::root_file(CowKind::Qcow2Overlay);
+    create_overlay_of(qemu_img, root, DiskFormat::Qcow2, &dir.join(root_file))
         .map_err(|e| format!("clone the snapshot's root disk: {e}"))?;
     create_overlay_of(
         qemu_img,
@@ -392,13 +414,13 @@ fn prepare_warm_disks(
 /// Removes what [`prepare_warm_disks`] made, so a cold boot starts clean.
 fn discard_warm_disks(dir: &std::path::Path) {
     for f in [
-        "root.qcow2",
+        firecracker::root_file(CowKind::Qcow2Overlay),
         crate::warm::WORK_OVERLAY,
         crate::warm::VM_MARKER,
-        "known_hosts",
     ] {
         let _ = std::fs::remove_file(dir.join(f));
     }
+    let _ = std::fs::remove_file(crate::ssh::known_hosts(dir));
 }
 
 /// Undoes a failed create: VMM, tap, files and the row itself.
@@ -425,12 +447,7 @@ fn prepare_disks(
     name: &str,
     client_key: &banger_ssh::ClientKey,
 ) -> Result<CowKind, String> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("create {}: {e}", dir.display()))?;
+    private_dir(dir)?;
     let kind = match vmm {
         Vmm::Qemu => {
             banger_vmm::qemu::create_overlay(
@@ -542,14 +559,7 @@ async fn boot(
     }
     let run = run_dir(d, rec);
     let _ = std::fs::remove_dir_all(&run);
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&run)
-            .map_err(|e| ApiError::internal(format!("create {}: {e}", run.display())))?;
-    }
+    private_dir(&run).map_err(ApiError::internal)?;
     let ip: std::net::Ipv4Addr = rec
         .ip
         .parse()
@@ -707,12 +717,8 @@ async fn cleanup_runtime(d: &Shared, rec: &VmRecord) {
     if let Some(pid) = h.pid {
         if banger_vmm::proc::is_alive(pid) {
             crate::logs::expect_exit(d, rec);
-            if let Err(e) = d.helper.kill_vmm("", &rec.id, pid).await {
+            if let Err(e) = stop_vmm(d, &rec.id, pid).await {
                 tracing::warn!(vm = %rec.name, pid, error = %e, "kill vmm");
-            }
-            let t = Instant::now();
-            while banger_vmm::proc::is_alive(pid) && t.elapsed() < Duration::from_secs(5) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             stopped = Some(pid);
         }

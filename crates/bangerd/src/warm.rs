@@ -374,11 +374,7 @@ pub fn list(d: &Shared) -> Vec<WarmSnapshotInfo> {
                 && crate::images::get(d, &i.image)
                     .ok()
                     .and_then(|img| {
-                        let accel = if i.accel == "kvm" {
-                            banger_vmm::Accel::Kvm
-                        } else {
-                            banger_vmm::Accel::Tcg
-                        };
+                        let accel = banger_vmm::Accel::parse(&i.accel)?;
                         inputs(
                             d,
                             &i.image,
@@ -492,13 +488,6 @@ pub fn forget_image(d: &Shared, name: &str) -> Vec<String> {
     kept
 }
 
-fn random_hex(bytes: usize) -> String {
-    use rand::RngCore;
-    let mut b = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut b);
-    hex::encode(b)
-}
-
 /// Builds (or, when a current one exists and not `force`, returns) the
 /// snapshot for `want`. One build at a time: each is a cold boot.
 pub async fn ensure(
@@ -545,7 +534,7 @@ pub async fn ensure(
 fn publish(d: &Shared, from: &Path, meta: &Meta) -> Result<Snapshot, String> {
     let root = warm_dir(d);
     std::fs::create_dir_all(&root).map_err(|e| format!("create {}: {e}", root.display()))?;
-    let stage = root.join(format!(".tmp-{}-{}", meta.id, random_hex(4)));
+    let stage = root.join(format!(".tmp-{}-{}", meta.id, crate::vm::random_hex(4)));
     std::fs::create_dir(&stage).map_err(|e| format!("create {}: {e}", stage.display()))?;
     let result = (|| {
         for (f, mode) in [(STATE, 0o400), (ROOT, 0o444), (WORK, 0o444)] {
@@ -590,16 +579,11 @@ async fn build(
     img: &Image,
     want: &Inputs,
 ) -> Result<PathBuf, String> {
-    let tpl_id = random_hex(6);
+    let tpl_id = crate::vm::random_hex(6);
     let dir = d.cfg.layout.vm_dir(&tpl_id);
     let run = d.cfg.layout.vm_runtime_dir(&tpl_id);
     for p in [&dir, &run] {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(p)
-            .map_err(|e| format!("create {}: {e}", p.display()))?;
+        crate::vm::private_dir(p)?;
     }
     std::fs::write(dir.join(BUILD_MARKER), &want.image).map_err(|e| e.to_string())?;
     let progress = |line: &str| {
@@ -613,10 +597,8 @@ async fn build(
     let h = handles::load(&dir);
     if let Some(pid) = h.pid {
         if banger_vmm::proc::is_alive(pid) {
-            let _ = d.helper.kill_vmm("", &tpl_id, pid).await;
-            let t = Instant::now();
-            while banger_vmm::proc::is_alive(pid) && t.elapsed() < Duration::from_secs(5) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Err(e) = crate::vm::stop_vmm(d, &tpl_id, pid).await {
+                tracing::warn!(pid, error = %e, "kill the template's qemu");
             }
         }
     }
@@ -712,11 +694,8 @@ async fn boot_and_save(
         .await
         .map_err(|e| format!("bridge {}: {e}", d.cfg.bridge))?;
     crate::tappool::acquire(d, "", tpl_id).await?;
-    let accel = if want.accel == "kvm" {
-        banger_vmm::Accel::Kvm
-    } else {
-        banger_vmm::Accel::Tcg
-    };
+    let accel = banger_vmm::Accel::parse(&want.accel)
+        .ok_or_else(|| format!("unknown accelerator {:?}", want.accel))?;
     let cfg = QemuConfig {
         vm_id: tpl_id.to_string(),
         accel,
@@ -896,8 +875,11 @@ pub async fn load(qmp_socket: &Path, snap: &Snapshot, pid: u32) -> Result<(), St
     Ok(())
 }
 
-/// Waits for the agent of a just-resumed guest, polling faster than a
-/// boot does (it answers within a few hundred milliseconds).
+/// How often a just-resumed guest's agent is probed (it answers within a
+/// few hundred milliseconds; a boot is probed every 200 ms).
+const RESTORE_READY_RETRY: Duration = Duration::from_millis(20);
+
+/// Waits for the agent of a just-resumed guest.
 pub async fn wait_agent(
     socket: &Path,
 ) -> Result<
@@ -908,18 +890,9 @@ pub async fn wait_agent(
     String,
 > {
     let deadline = tokio::time::Instant::now() + RESTORE_READY_TIMEOUT;
-    let mut last = String::from("no answer");
-    while tokio::time::Instant::now() < deadline {
-        match banger_agent_proto::client::AgentClient::connect_unix(socket).await {
-            Ok(c) => match c.ping(Duration::from_secs(2)).await {
-                Ok(p) => return Ok((c, p)),
-                Err(e) => last = e.to_string(),
-            },
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(format!("the restored guest's agent did not answer: {last}"))
+    banger_agent_proto::client::wait_ready_every(socket, deadline, RESTORE_READY_RETRY)
+        .await
+        .map_err(|e| format!("the restored guest's agent did not answer: {e}"))
 }
 
 /// Removes template directories a crashed daemon left behind, with their

@@ -64,13 +64,16 @@ async fn start_qemu(dir: &Path, name: &str, extra: &[&str]) -> QemuGuard {
         .spawn()
         .expect("spawn qemu");
     let guard = QemuGuard { child, sock };
+    // Until it accepts, not until the file exists: QEMU binds the socket
+    // before it listens, and a connect in between is refused (CI saw it).
+    // The probe connection is closed at once; QEMU then accepts the next.
     for _ in 0..500 {
-        if guard.sock.exists() {
+        if std::os::unix::net::UnixStream::connect(&guard.sock).is_ok() {
             return guard;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("qemu made no qmp socket at {}", guard.sock.display());
+    panic!("qemu accepted nothing on {}", guard.sock.display());
 }
 
 async fn machine_none(dir: &Path) -> (QemuGuard, Qmp) {
